@@ -1,0 +1,247 @@
+"""Entry-point plugin loading where a broken plugin is reported and disabled, never fatal.
+
+Both the control plane and the agent load their plugins through `PluginHost`; only the
+pluggy project name, the hookspec module and the entry-point group differ.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RegistrationError(Exception):
+    """A plugin registered something invalid (wrong interface, duplicate name)."""
+
+
+@dataclass
+class PluginInfo:
+    """What `plugins list` shows for one plugin."""
+
+    name: str
+    module: str
+    version: str | None = None
+    distribution: str | None = None
+    description: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    enabled: bool = True
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "failed"
+        return "enabled" if self.enabled else "disabled"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status
+        return data
+
+
+class Registry(Generic[T]):
+    """Objects of one kind registered by plugins, keyed by their `name` attribute."""
+
+    def __init__(self, kind: str, interface: type | None = None) -> None:
+        self.kind = kind
+        self.interface = interface
+        self._items: dict[str, T] = {}
+        self._owners: dict[str, str] = {}
+
+    def add(self, obj: T, plugin: str) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise RegistrationError(f"{self.kind} registered by {plugin!r} has no name")
+        if self.interface is not None and not isinstance(obj, self.interface):
+            raise RegistrationError(
+                f"{self.kind} {name!r} registered by {plugin!r} does not implement "
+                f"{self.interface.__name__}"
+            )
+        if name in self._items:
+            raise RegistrationError(
+                f"{self.kind} {name!r} from {plugin!r} is already registered by "
+                f"{self._owners[name]!r}"
+            )
+        self._items[name] = obj
+        self._owners[name] = plugin
+
+    def drop_plugin(self, plugin: str) -> None:
+        for name in [n for n, owner in self._owners.items() if owner == plugin]:
+            del self._items[name]
+            del self._owners[name]
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def get(self, name: str) -> T | None:
+        return self._items.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginHost:
+    """A pluggy PluginManager that isolates failures plugin by plugin."""
+
+    def __init__(
+        self, project: str, hookspecs: ModuleType, disabled: Iterable[str] = ()
+    ) -> None:
+        self.project = project
+        self.pm = pluggy.PluginManager(project)
+        self.pm.add_hookspecs(hookspecs)
+        self.disabled = set(disabled)
+        self._info: dict[str, PluginInfo] = {}
+        self._registries: list[Registry[Any]] = []
+
+    # -- loading -------------------------------------------------------------------
+
+    def load_entrypoints(self, group: str | None = None) -> None:
+        """Load every plugin advertised in the entry-point group (default: the project)."""
+        for ep in sorted(metadata.entry_points(group=group or self.project), key=lambda e: e.name):
+            dist = ep.dist
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                version=dist.version if dist else None,
+                distribution=dist.metadata["Name"] if dist else None,
+                description=(dist.metadata.get("Summary") if dist else None) or None,
+            )
+            if ep.name in self._info:
+                info.enabled = False
+                info.error = f"duplicate plugin name; already provided by {self._info[ep.name].module}"
+                log.error("plugin %s: %s", ep.name, info.error)
+                continue
+            self._info[ep.name] = info
+            try:
+                plugin = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._mark_failed(ep.name, f"import failed: {_describe(exc)}")
+                continue
+            self._add(plugin, info)
+
+    def register(self, plugin: object, name: str, version: str | None = None) -> PluginInfo:
+        """Register an already imported plugin object (used for tests and built-ins)."""
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name=name, module=str(module), version=version)
+        self._info[name] = info
+        self._add(plugin, info)
+        return info
+
+    def _add(self, plugin: object, info: PluginInfo) -> None:
+        info.hooks = sorted(
+            n for n in dir(plugin) if self.pm.parse_hookimpl_opts(plugin, n) is not None
+        )
+        if info.name in self.disabled:
+            info.enabled = False
+            return
+        try:
+            self.pm.register(plugin, name=info.name)
+        except Exception as exc:
+            self._mark_failed(info.name, f"invalid plugin: {_describe(exc)}")
+            return
+        unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if hc.spec is None]
+        if unknown:
+            self._mark_failed(info.name, f"implements unknown hooks: {', '.join(unknown)}")
+
+    def _mark_failed(self, name: str, error: str) -> None:
+        info = self._info[name]
+        info.enabled = False
+        info.error = error
+        log.error("plugin %s disabled: %s", name, error)
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        for registry in self._registries:
+            registry.drop_plugin(name)
+
+    # -- calling -------------------------------------------------------------------
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook; one that raises disables its plugin."""
+        hook = getattr(self.pm.hook, hook_name)
+        results: list[tuple[str, Any]] = []
+        # pluggy calls the most recently registered first; keep load order instead.
+        for impl in hook.get_hookimpls():
+            if self.pm.get_plugin(impl.plugin_name) is None:
+                continue
+            if impl.hookwrapper or impl.wrapper:
+                self._mark_failed(impl.plugin_name, f"hook wrappers are not supported ({hook_name})")
+                continue
+            args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+            try:
+                results.append((impl.plugin_name, impl.function(**args)))
+            except Exception as exc:
+                self._mark_failed(impl.plugin_name, f"hook {hook_name} raised {_describe(exc)}")
+        return results
+
+    async def acall(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Like `call`, awaiting implementations that return awaitables."""
+        results: list[tuple[str, Any]] = []
+        for plugin, result in self.call(hook_name, **kwargs):
+            if inspect.isawaitable(result):
+                try:
+                    result = await result
+                except Exception as exc:
+                    self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
+                    continue
+            results.append((plugin, result))
+        return results
+
+    def collect(self, hook_name: str, registry: Registry[T]) -> Registry[T]:
+        """Fill `registry` through a `register_*(register)` hook."""
+        if registry not in self._registries:
+            self._registries.append(registry)
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin = impl.plugin_name
+            if self.pm.get_plugin(plugin) is None:
+                continue
+
+            def register(obj: T, _plugin: str = plugin) -> None:
+                registry.add(obj, _plugin)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
+        return registry
+
+    # -- reporting -----------------------------------------------------------------
+
+    def plugins(self) -> list[PluginInfo]:
+        return sorted(self._info.values(), key=lambda i: i.name)
+
+    def info(self, name: str) -> PluginInfo | None:
+        return self._info.get(name)
+
+    def is_enabled(self, name: str) -> bool:
+        info = self._info.get(name)
+        return bool(info and info.enabled and not info.error)
+
+
+Register = Callable[[Any], None]

@@ -1,0 +1,3 @@
+"""ServerFlow control plane."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from serverflow.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Organisations, users, memberships and API tokens: the operations the API and CLI share."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tortoise.exceptions import IntegrityError
+
+from serverflow.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from serverflow.models import ApiToken, Membership, Organization, Role, User
+from serverflow.passwords import ahash_password, check_strength
+from serverflow.tenancy import scoped
+from serverflow.tokens import new_token
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not EMAIL.match(email) or len(email) > 254:
+        raise InvalidInput(f"{email!r} is not an email address", code="VAL001")
+    return email
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48]
+    return slug or "org"
+
+
+async def create_organization(name: str) -> Organization:
+    base = slugify(name)
+    slug, n = base, 1
+    while await Organization.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return await Organization.create(name=name, slug=slug)
+
+
+async def create_user(email: str, password: str, name: str = "") -> User:
+    email = normalize_email(email)
+    if problem := check_strength(password):
+        raise InvalidInput(problem, code="VAL001")
+    if await User.filter(email=email).exists():
+        raise Conflict(f"a user with email {email} already exists", code="USR001")
+    try:
+        return await User.create(email=email, name=name, password_hash=await ahash_password(password))
+    except IntegrityError as exc:
+        raise Conflict(f"a user with email {email} already exists", code="USR001") from exc
+
+
+async def add_member(org: Organization, user: User, role: Role) -> Membership:
+    async with scoped(org.id):
+        if await Membership.filter(user_id=user.id).exists():
+            raise Conflict(f"{user.email} is already a member", code="MEM004")
+        return await Membership.create(organization_id=org.id, user_id=user.id, role=role)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    value: str  # shown once, never stored
+
+
+async def issue_token(
+    org_id: uuid.UUID,
+    name: str,
+    role: Role,
+    created_by: User | None = None,
+    creator_role: Role | None = None,
+    expires_in_days: int | None = None,
+) -> IssuedToken:
+    """Create a token; the caller must be inside `scoped(org_id)` or this opens one."""
+    if creator_role is not None and not creator_role.allows(role):
+        raise PermissionDenied(
+            f"a {creator_role} cannot create a token with role {role}", code="TOK002"
+        )
+    fresh = new_token(org_id)
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    async with scoped(org_id):
+        token = await ApiToken.create(
+            organization_id=org_id,
+            name=name,
+            role=role,
+            token_hash=fresh.token_hash,
+            prefix=fresh.prefix,
+            created_by_id=created_by.id if created_by else None,
+            expires_at=expires,
+        )
+    return IssuedToken(token=token, value=fresh.value)
+
+
+async def get_org(slug_or_id: str) -> Organization:
+    try:
+        org = await Organization.get_or_none(id=uuid.UUID(slug_or_id))
+    except ValueError:
+        org = await Organization.get_or_none(slug=slug_or_id)
+    if org is None:
+        raise NotFound(f"no organisation {slug_or_id!r}", code="ORG001")
+    return org

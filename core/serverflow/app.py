@@ -1,0 +1,77 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart
+from quart_auth import QuartAuth
+from quart_schema import QuartSchema
+
+from serverflow import __version__, db
+from serverflow.controlplane import EXTENSION, ControlPlane
+from serverflow.http_errors import JsonRequest, register_error_handlers
+from serverflow.keys import AppKeys
+from serverflow.plugins import Plugins
+from serverflow.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, plugins: Plugins | None = None) -> Quart:
+    settings = settings or load_settings()
+    keys = AppKeys(settings.secrets_dir)
+    plugins = plugins or Plugins(disabled=settings.disabled_plugins)
+
+    app = Quart("serverflow")
+    app.request_class = JsonRequest
+    https = settings.base_url.startswith("https://")
+    app.config.update(
+        SECRET_KEY=keys.session_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SESSION_COOKIE_NAME="serverflow_csrf",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=https,
+        QUART_AUTH_COOKIE_NAME="serverflow_session",
+        QUART_AUTH_COOKIE_SAMESITE="Lax",
+        QUART_AUTH_COOKIE_SECURE=https,
+        QUART_AUTH_DURATION=settings.session_hours * 3600,
+        QUART_SCHEMA_CONVERT_CASING=False,
+    )
+    app.extensions[EXTENSION] = ControlPlane(settings=settings, keys=keys, plugins=plugins)
+
+    QuartAuth(app)
+    QuartSchema(
+        app,
+        openapi_path="/api/v1/openapi.json",
+        swagger_ui_path=None,  # the hosted UIs load from CDNs; ServerFlow works offline
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={"title": "ServerFlow API", "version": __version__},
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+    )
+
+    from serverflow.api import bp as api_bp
+    from serverflow.health import bp as health_bp
+    from serverflow.web import bp as web_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(web_bp)
+    for blueprint in plugins.blueprints:
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+
+    @app.before_serving
+    async def _open_database() -> None:
+        await db.init_orm(settings.database)
+        log.info("serverflow %s ready on %s (database: %s)", __version__, settings.base_url,
+                 settings.dialect)
+
+    @app.after_serving
+    async def _close_database() -> None:
+        await db.close_orm()
+
+    return app

@@ -1,0 +1,194 @@
+"""Who is calling: browser sessions (quart-auth cookie) and API bearer tokens.
+
+Every API handler is wrapped by `requires(role)`, which authenticates, checks the role and
+CSRF, then runs the handler inside `scoped()` for the caller's organisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from quart import g, request
+from quart_auth import AuthUser, current_user, login_user, logout_user
+
+from serverflow.controlplane import current
+from serverflow.csrf import HEADER as CSRF_HEADER
+from serverflow.csrf import check_csrf
+from serverflow.errors import AuthenticationRequired, PermissionDenied, TooManyRequests
+from serverflow.models import ApiToken, LoginFailure, Membership, Role, User, UserSession
+from serverflow.passwords import averify_password
+from serverflow.tenancy import scoped
+from serverflow.tokens import hash_token, new_session_token, token_org
+
+log = logging.getLogger(__name__)
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: Literal["session", "token"]
+    org_id: uuid.UUID
+    role: Role
+    user_id: uuid.UUID | None = None
+    token_id: uuid.UUID | None = None
+    label: str = ""
+
+    def can(self, needed: Role) -> bool:
+        return self.role.allows(needed)
+
+
+def bad_token() -> AuthenticationRequired:
+    return AuthenticationRequired("The API token is malformed, unknown, expired or revoked.",
+                                  code="AUTH002")
+
+
+async def _from_token(raw: str) -> Principal:
+    value = raw[7:].strip() if raw[:7].lower() == "bearer " else ""
+    org_id = token_org(value)
+    if org_id is None:
+        raise bad_token()
+    async with scoped(org_id):
+        token = await ApiToken.get_or_none(token_hash=hash_token(value))
+        now = datetime.now(UTC)
+        if token is None or token.revoked_at is not None or (
+            token.expires_at is not None and token.expires_at <= now
+        ):
+            raise bad_token()
+        if token.last_used_at is None or now - token.last_used_at > TOKEN_TOUCH_INTERVAL:
+            await ApiToken.filter(id=token.id).update(last_used_at=now)
+    return Principal("token", org_id, token.role, user_id=token.created_by_id,
+                     token_id=token.id, label=f"token:{token.name}")
+
+
+async def session_user() -> tuple[UserSession, User] | None:
+    """The signed-in browser session and its user, if any."""
+    if "sf_session" in g:
+        cached: tuple[UserSession, User] | None = g.sf_session
+        return cached
+    found = None
+    auth_id = current_user.auth_id
+    if auth_id:
+        sess = await UserSession.get_or_none(token_hash=hash_token(auth_id)).prefetch_related("user")
+        if sess is not None and sess.expires_at > datetime.now(UTC) and sess.user.is_active:
+            found = (sess, sess.user)
+    g.sf_session = found
+    return found
+
+
+async def _from_session() -> Principal:
+    found = await session_user()
+    if found is None:
+        raise AuthenticationRequired()
+    sess, user = found
+    async with scoped(user_id=user.id):
+        memberships = await Membership.all().order_by("created_at")
+    if not memberships:
+        raise PermissionDenied("Your account is not a member of any organisation.")
+    chosen = next((m for m in memberships if m.organization_id == sess.current_org_id),
+                  memberships[0])
+    return Principal("session", chosen.organization_id, chosen.role, user_id=user.id,
+                     label=user.email)
+
+
+async def authenticate() -> Principal:
+    if "principal" in g:
+        principal: Principal = g.principal
+        return principal
+    header = request.headers.get("Authorization")
+    principal = await (_from_token(header) if header is not None else _from_session())
+    g.principal = principal
+    if principal.kind == "session" and request.method in UNSAFE_METHODS:
+        check_csrf(request.headers.get(CSRF_HEADER))
+    return principal
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def requires(role: Role) -> Callable[[F], F]:
+    """Authenticate, require at least `role`, and run the handler in the caller's tenant scope."""
+
+    def decorator(func: F) -> F:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = await authenticate()
+            if not principal.can(role):
+                raise PermissionDenied(
+                    f"This needs the {role} role; you are {principal.role}.", code="AUTH004"
+                )
+            async with scoped(principal.org_id, principal.user_id):
+                return await func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def principal() -> Principal:
+    """The authenticated caller of the current request (inside `requires`)."""
+    p: Principal = g.principal
+    return p
+
+
+# -- sign-in -------------------------------------------------------------------------
+
+
+def client_ip() -> str:
+    return (request.remote_addr or "unknown")[:64]
+
+
+async def _check_throttle(email: str, ip: str) -> None:
+    settings = current().settings
+    since = datetime.now(UTC) - timedelta(minutes=settings.login_window_minutes)
+    by_email = await LoginFailure.filter(email=email, at__gte=since).count()
+    by_ip = await LoginFailure.filter(ip=ip, at__gte=since).count()
+    if by_email >= settings.login_max_failures or by_ip >= settings.login_max_failures * 4:
+        log.warning("sign-in throttled for %s from %s", email, ip, extra={"code": "AUTH005"})
+        raise TooManyRequests(
+            f"Too many failed sign-in attempts; try again in {settings.login_window_minutes} "
+            "minutes.",
+            code="AUTH005",
+        )
+
+
+async def sign_in(email: str, password: str) -> User:
+    """Check the password (throttled) and open a browser session."""
+    email = email.strip().lower()
+    ip = client_ip()
+    await _check_throttle(email, ip)
+    user = await User.get_or_none(email=email)
+    usable = user is not None and user.is_active
+    ok = await averify_password(user.password_hash if usable and user else None, password)
+    if not ok or user is None:
+        await LoginFailure.create(email=email[:254], ip=ip)
+        log.warning("failed sign-in for %s from %s", email, ip, extra={"code": "AUTH003"})
+        raise AuthenticationRequired("Wrong email or password.", code="AUTH003")
+    await LoginFailure.filter(email=email).delete()
+    value, digest = new_session_token()
+    hours = current().settings.session_hours
+    async with scoped(user_id=user.id):
+        first = await Membership.all().order_by("created_at").first()
+    await UserSession.create(
+        user=user,
+        token_hash=digest,
+        current_org_id=first.organization_id if first else None,
+        expires_at=datetime.now(UTC) + timedelta(hours=hours),
+    )
+    login_user(AuthUser(value))
+    log.info("signed in: %s", email)
+    return user
+
+
+async def sign_out() -> None:
+    auth_id = current_user.auth_id
+    if auth_id:
+        await UserSession.filter(token_hash=hash_token(auth_id)).delete()
+    logout_user()

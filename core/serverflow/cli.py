@@ -1,0 +1,255 @@
+"""`serverflow` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from serverflow import __version__, db
+from serverflow.errors import ServerFlowError
+from serverflow.logs import configure_logging
+from serverflow.models import Role
+from serverflow.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ServerFlowError as exc:
+        raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+
+
+def run_async(func: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command body; our errors become a clean message and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(func(*args, **kwargs))
+        except ServerFlowError as exc:
+            raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+
+    return wrapper
+
+
+async def _with_db(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
+    await db.init_orm(settings.database)
+    try:
+        return await body()
+    finally:
+        await db.close_orm()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="serverflow")
+def main() -> None:
+    """ServerFlow: run your own apps on your own servers."""
+
+
+@main.command()
+@run_async
+async def migrate() -> None:
+    """Apply pending database migrations (keeps existing data)."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    applied = await db.migrate(settings.database)
+    if applied:
+        for name in applied:
+            click.echo(f"applied {name}")
+    else:
+        click.echo("database is up to date")
+
+
+async def _first_admin(settings: Settings) -> tuple[str, str] | None:
+    """Create the first organisation and owner if there are no users yet."""
+    from serverflow.accounts import add_member, create_organization, create_user
+    from serverflow.models import User
+    from serverflow.passwords import generate_password
+
+    async def body() -> tuple[str, str] | None:
+        if await User.exists():
+            return None
+        email, password = "admin@serverflow.local", generate_password()
+        org = await create_organization("Default")
+        user = await create_user(email, password, name="Admin")
+        await add_member(org, user, Role.OWNER)
+        return email, password
+
+    return await _with_db(settings, body)
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port to listen on (default 8000).")
+def up(host: str | None, port: int | None) -> None:
+    """Migrate, create the first admin if there is none, and serve the control plane."""
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:
+        settings = load_settings(**overrides)
+    except ServerFlowError as exc:
+        raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        applied = asyncio.run(db.migrate(settings.database))
+        created = asyncio.run(_first_admin(settings))
+    except ServerFlowError as exc:
+        raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+    if applied:
+        click.echo(f"applied {len(applied)} migration(s)", err=True)
+    if created:
+        email, password = created
+        click.echo(
+            "\n  First admin account (shown once, change it after signing in):\n"
+            f"    email:    {email}\n    password: {password}\n", err=True,
+        )
+    click.echo(f"ServerFlow is starting on {settings.base_url}", err=True)
+    serve(settings)
+
+
+def serve(settings: Settings) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from serverflow.app import create_app
+
+    app = create_app(settings)
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    # Logger objects (not "-") so records go through our redacting handler, once.
+    config.accesslog = logging.getLogger("hypercorn.access")
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
+    config.graceful_timeout = 5
+    asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
+
+
+@main.group()
+def users() -> None:
+    """Manage user accounts."""
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--org", "org_ref", default=None, help="Organisation slug or id to join.")
+@click.option("--new-org", default=None, help="Create a new organisation with this name.")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="member",
+              show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def users_create(email: str, org_ref: str | None, new_org: str | None, role: str,
+                       password_stdin: bool, as_json: bool) -> None:
+    """Create a user; prints a generated password once unless --password-stdin."""
+    from serverflow.accounts import add_member, create_organization, create_user, get_org
+    from serverflow.passwords import generate_password
+
+    settings = _settings()
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
+
+    async def body() -> dict[str, Any]:
+        if org_ref and new_org:
+            raise click.UsageError("use either --org or --new-org")
+        org = await create_organization(new_org) if new_org else await get_org(org_ref or "default")
+        user = await create_user(email, password)
+        await add_member(org, user, Role(role))
+        return {"email": user.email, "organization": org.slug, "role": role}
+
+    result = await _with_db(settings, body)
+    if not password_stdin:
+        result["password"] = password
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"created {result['email']} ({role} of {result['organization']})")
+        if not password_stdin:
+            click.echo(f"password (shown once): {password}")
+
+
+@main.group()
+def tokens() -> None:
+    """Manage API tokens."""
+
+
+@tokens.command("create")
+@click.option("--org", "org_ref", default="default", show_default=True,
+              help="Organisation slug or id.")
+@click.option("--name", required=True, help="What the token is for.")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="member",
+              show_default=True)
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def tokens_create(org_ref: str, name: str, role: str, expires_in_days: int | None,
+                        as_json: bool) -> None:
+    """Create an API token; its value is printed once and stored only as a hash."""
+    from serverflow.accounts import get_org, issue_token
+
+    settings = _settings()
+
+    async def body() -> dict[str, Any]:
+        org = await get_org(org_ref)
+        issued = await issue_token(org.id, name, Role(role), expires_in_days=expires_in_days)
+        return {"id": str(issued.token.id), "name": name, "role": role,
+                "organization": org.slug, "token": issued.value}
+
+    result = await _with_db(settings, body)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"token {name!r} ({role} of {result['organization']}), shown once:")
+        click.echo(result["token"])
+
+
+@main.group()
+def plugins() -> None:
+    """Installed plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_list(as_json: bool) -> None:
+    """List plugins with their version, hooks and status (broken ones show their error)."""
+    from serverflow.plugins import Plugins
+
+    settings = _settings()
+    configure_logging("CRITICAL", "text")  # errors are shown in the listing itself
+    rows = Plugins(disabled=settings.disabled_plugins).report()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+    for row in rows:
+        provides = ", ".join(f"{k}: {', '.join(v)}" for k, v in row["provides"].items())
+        click.echo(f"{row['name']} {row['version'] or ''}  [{row['status']}]")
+        click.echo(f"    hooks: {', '.join(row['hooks']) or '-'}")
+        if provides:
+            click.echo(f"    provides: {provides}")
+        if row["error"]:
+            click.echo(f"    error: {row['error']}")
+
+
+@main.group()
+def config() -> None:
+    """Effective configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True)
+def config_show(as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    shown = _settings().shown()
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    for key, value in shown.items():
+        click.echo(f"{key} = {value}")

@@ -1,0 +1,112 @@
+"""Maps every exception to a JSON error with a stable code (or an HTML page for the dashboard)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Quart, Request, Response, g, jsonify, render_template, request
+from quart_schema import RequestSchemaValidationError
+from tortoise.exceptions import DBConnectionError
+from werkzeug.exceptions import HTTPException
+
+from serverflow.errors import DatabaseError, InvalidInput, ServerFlowError
+
+log = logging.getLogger("serverflow.http")
+
+JSON_PREFIXES = ("/api/", "/healthz", "/readyz", "/install", "/agent")
+
+
+class JsonRequest(Request):
+    """A request whose JSON problems raise our errors instead of a bare 400."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if not (force or self.is_json) and not silent:
+            body = await self.get_data(cache=True)
+            if body:
+                raise InvalidInput("Send the body as JSON with Content-Type: application/json.",
+                                   code="VAL004")
+        return await super().get_json(force=force, silent=silent, cache=cache)
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise InvalidInput(f"The request body is not valid JSON: {error}", code="VAL002")
+
+
+def _validation_details(exc: Exception) -> list[dict[str, Any]]:
+    inner = getattr(exc, "validation_error", None)
+    if isinstance(inner, ValidationError):
+        # Never echo the submitted values back or into logs: they may be secrets.
+        return [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"],
+             "type": e["type"]}
+            for e in inner.errors(include_url=False, include_input=False, include_context=False)
+        ]
+    return [{"field": "(body)", "problem": str(inner) if inner else "invalid"}]
+
+
+def _who() -> str:
+    principal = g.get("principal")
+    return principal.label if principal is not None else "anonymous"
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(JSON_PREFIXES) or request.accept_mimetypes.best == "application/json"
+
+
+async def _respond(error: ServerFlowError) -> Response:
+    level = logging.ERROR if error.status >= 500 else logging.WARNING
+    log.log(level, "%s %s %s -> %s %s (%s)", error.code, request.method, request.path,
+            error.status, error.message, _who(),
+            extra={"code": error.code, "status": error.status, "path": request.path,
+                   "method": request.method, "principal": _who()})
+    if _wants_json():
+        response = jsonify(error.as_dict())
+    else:
+        html = await render_template("error.html", error=error)
+        response = Response(html, content_type="text/html; charset=utf-8")
+    response.status_code = error.status
+    return response
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ServerFlowError)
+    async def _sf(error: ServerFlowError) -> Response:
+        return await _respond(error)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _schema(error: RequestSchemaValidationError) -> Response:
+        details = _validation_details(error)
+        summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
+        return await _respond(InvalidInput(f"Invalid request: {summary}", code="VAL001",
+                                           details=details))
+
+    @app.errorhandler(HTTPException)
+    async def _http(error: HTTPException) -> Response:
+        code = error.code or 500
+        mapping = {
+            400: ("VAL001", "The request is invalid."),
+            401: ("AUTH001", "Authentication required."),
+            404: ("GEN404", "No such page or endpoint."),
+            405: ("GEN405", f"Method {request.method} is not allowed here."),
+            413: ("VAL003", "The request body is larger than the configured limit."),
+        }
+        sf_code, message = mapping.get(code, (f"HTTP{code}", error.description or error.name))
+        err = ServerFlowError(message, code=sf_code)
+        err.status = code
+        return await _respond(err)
+
+    @app.errorhandler(DBConnectionError)
+    async def _db(error: DBConnectionError) -> Response:
+        log.error("database unavailable: %s", error)
+        return await _respond(DatabaseError())
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        ref = secrets.token_hex(6)
+        if isinstance(error, OSError):
+            log.error("database or network failure (ref %s)", ref, exc_info=error)
+            return await _respond(DatabaseError(f"A backing service is unreachable (ref {ref})."))
+        log.error("unhandled error (ref %s)", ref, exc_info=error)
+        return await _respond(ServerFlowError(f"Internal error; the log has details (ref {ref})."))

@@ -1,0 +1,3 @@
+"""PM2 runtime for ServerFlow."""
+
+__version__ = "0.1.0"

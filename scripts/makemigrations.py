@@ -1,0 +1,91 @@
+"""Generate aerich migrations for both dialects after a model change.
+
+    .venv/bin/python scripts/makemigrations.py NAME
+
+aerich writes dialect-specific SQL, so there is one history per dialect under
+core/serverflow/migrations/{sqlite,postgres}/. Generation is offline (no database needed).
+For PostgreSQL, every table created with an `organization_id` column also gets its
+row-level-security policy appended to the same migration, as literal SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+from aerich import Command
+from tortoise import Tortoise
+
+from serverflow.db import migrations_location, tortoise_config
+
+URLS = {
+    "sqlite": "sqlite://:memory:",
+    "postgres": "postgres://serverflow@127.0.0.1:5432/serverflow",
+}
+
+RLS_TEMPLATE = """
+        ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY;
+        CREATE POLICY "{table}_tenant" ON "{table}"
+            USING ("organization_id" = NULLIF(current_setting('app.org_id', true), '')::uuid{extra})
+            WITH CHECK ("organization_id" = NULLIF(current_setting('app.org_id', true), '')::uuid);"""
+
+# Tables readable through a second key besides the organisation.
+EXTRA_KEYS = {
+    "memberships": """
+                OR "user_id" = NULLIF(current_setting('app.user_id', true), '')::uuid""",
+}
+
+
+def rls_sql(upgrade_sql: str) -> str:
+    statements = []
+    for match in re.finditer(r'CREATE TABLE IF NOT EXISTS "(\w+)" \((.*?)\n\);', upgrade_sql, re.S):
+        table, body = match.group(1), match.group(2)
+        if '"organization_id" UUID NOT NULL REFERENCES "organizations"' in body:
+            statements.append(RLS_TEMPLATE.format(table=table, extra=EXTRA_KEYS.get(table, "")))
+    return "".join(statements)
+
+
+def add_rls(path: Path) -> None:
+    text = path.read_text()
+    head, sep, rest = text.partition('async def upgrade(db: BaseDBAsyncClient) -> str:\n    return """')
+    body, close, tail = rest.partition('"""')
+    extra = rls_sql(body)
+    if extra:
+        path.write_text(head + sep + body + extra + close + tail)
+
+
+async def generate(dialect: str, name: str) -> Path | None:
+    url = URLS[dialect]
+    location = migrations_location(url)
+    before = set(location.rglob("*.py"))
+    command = Command(tortoise_config=tortoise_config(url), app="models", location=str(location))
+    try:
+        if not any(location.glob("models/*_*.py")):
+            await command.init_migrations(safe=True)
+        else:
+            await command.init(offline=True)
+            await command.migrate(name, offline=True, no_input=True)
+    finally:
+        await Tortoise.close_connections()
+    created = sorted(set(location.rglob("*.py")) - before)
+    new = [p for p in created if p.name != "__init__.py"]
+    if not new:
+        return None
+    if dialect == "postgres":
+        add_rls(new[0])
+    return new[0]
+
+
+def main() -> int:
+    name = sys.argv[1] if len(sys.argv) > 1 else "update"
+    for dialect in URLS:
+        path = asyncio.run(generate(dialect, name))
+        print(f"{dialect}: {path if path else 'no changes'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
