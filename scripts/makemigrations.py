@@ -1,6 +1,7 @@
 """Generate aerich migrations for both dialects after a model change.
 
     .venv/bin/python scripts/makemigrations.py NAME
+    .venv/bin/python scripts/makemigrations.py --check   # exit 1 if a migration is missing
 
 aerich writes dialect-specific SQL, so there is one history per dialect under
 core/serverflow/migrations/{sqlite,postgres}/. Generation is offline (no database needed).
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from aerich import Command
 from tortoise import Tortoise
 
-from serverflow.db import migrations_location, tortoise_config
+from serverflow.db import MIGRATIONS_DIR, migrations_location, tortoise_config
 
 URLS = {
     "sqlite": "sqlite://:memory:",
@@ -50,16 +54,18 @@ def rls_sql(upgrade_sql: str) -> str:
 
 def add_rls(path: Path) -> None:
     text = path.read_text()
-    head, sep, rest = text.partition('async def upgrade(db: BaseDBAsyncClient) -> str:\n    return """')
+    head, sep, rest = text.partition(
+        'async def upgrade(db: BaseDBAsyncClient) -> str:\n    return """'
+    )
     body, close, tail = rest.partition('"""')
     extra = rls_sql(body)
     if extra:
         path.write_text(head + sep + body + extra + close + tail)
 
 
-async def generate(dialect: str, name: str) -> Path | None:
+async def generate(dialect: str, name: str, root: Path | None = None) -> Path | None:
     url = URLS[dialect]
-    location = migrations_location(url)
+    location = root / dialect if root else migrations_location(url)
     before = set(location.rglob("*.py"))
     command = Command(tortoise_config=tortoise_config(url), app="models", location=str(location))
     try:
@@ -79,11 +85,42 @@ async def generate(dialect: str, name: str) -> Path | None:
     return new[0]
 
 
+def check() -> int:
+    """Exit 1 if the models have changes that no committed migration holds."""
+    pending = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "migrations"
+        shutil.copytree(MIGRATIONS_DIR, root)
+        for dialect in URLS:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--dialect", dialect, "pending", str(root)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            if "no changes" not in proc.stdout:
+                pending.append(f"{dialect}: {proc.stdout.strip()}")
+    if pending:
+        print("models changed without a migration; run scripts/makemigrations.py NAME")
+        print("\n".join(pending))
+        return 1
+    print("migrations match the models")
+    return 0
+
+
 def main() -> int:
-    name = sys.argv[1] if len(sys.argv) > 1 else "update"
+    args = sys.argv[1:]
+    if args == ["--check"]:
+        return check()
+    if len(args) in (3, 4) and args[0] == "--dialect":
+        root = Path(args[3]) if len(args) == 4 else None
+        path = asyncio.run(generate(args[1], args[2], root))
+        print(f"{args[1]}: {path if path else 'no changes'}")
+        return 0
+    name = args[0] if args else "update"
+    # aerich keeps its pending operations in class attributes: one process per dialect.
     for dialect in URLS:
-        path = asyncio.run(generate(dialect, name))
-        print(f"{dialect}: {path if path else 'no changes'}")
+        subprocess.run([sys.executable, __file__, "--dialect", dialect, name], check=True)
     return 0
 
 

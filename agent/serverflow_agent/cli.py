@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from serverflow_agent import __version__
 from serverflow_agent.plugins import AgentPlugins
 
 
+def _disabled() -> list[str]:
+    raw = os.environ.get("SERVERFLOW_AGENT_DISABLED_PLUGINS", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
 def _actions(args: argparse.Namespace) -> int:
-    plugins = AgentPlugins()
+    plugins = AgentPlugins(disabled=_disabled())
     rows = [
         {**spec.describe(), "plugin": plugins.actions.owner(spec.name)}
         for spec in sorted(plugins.actions, key=lambda s: s.name)

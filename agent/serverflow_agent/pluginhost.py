@@ -107,14 +107,13 @@ def _describe(exc: BaseException) -> str:
 class PluginHost:
     """A pluggy PluginManager that isolates failures plugin by plugin."""
 
-    def __init__(
-        self, project: str, hookspecs: ModuleType, disabled: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, project: str, hookspecs: ModuleType, disabled: Iterable[str] = ()) -> None:
         self.project = project
         self.pm = pluggy.PluginManager(project)
         self.pm.add_hookspecs(hookspecs)
         self.disabled = set(disabled)
         self._info: dict[str, PluginInfo] = {}
+        self._shadowed: list[PluginInfo] = []  # same name as an earlier plugin: never loaded
         self._registries: list[Registry[Any]] = []
 
     # -- loading -------------------------------------------------------------------
@@ -128,17 +127,24 @@ class PluginHost:
                 module=ep.value,
                 version=dist.version if dist else None,
                 distribution=dist.metadata["Name"] if dist else None,
-                description=(dist.metadata.get("Summary") if dist else None) or None,
+                description=(dist.metadata["Summary"] if dist else None) or None,
             )
             if ep.name in self._info:
                 info.enabled = False
-                info.error = f"duplicate plugin name; already provided by {self._info[ep.name].module}"
-                log.error("plugin %s: %s", ep.name, info.error)
+                info.error = (
+                    f"duplicate plugin name {ep.name!r}; "
+                    f"already provided by {self._info[ep.name].module}"
+                )
+                log.error("plugin %s (%s) not loaded: %s", ep.name, ep.value, info.error)
+                self._shadowed.append(info)
                 continue
             self._info[ep.name] = info
+            if ep.name in self.disabled:
+                info.enabled = False  # not even imported: a disabled plugin runs no code
+                continue
             try:
                 plugin = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 self._mark_failed(ep.name, f"import failed: {_describe(exc)}")
@@ -169,6 +175,10 @@ class PluginHost:
         if unknown:
             self._mark_failed(info.name, f"implements unknown hooks: {', '.join(unknown)}")
 
+    def fail(self, name: str, error: str) -> None:
+        """Disable a plugin that misbehaved after loading (e.g. its blueprint clashed)."""
+        self._mark_failed(name, error)
+
     def _mark_failed(self, name: str, error: str) -> None:
         info = self._info[name]
         info.enabled = False
@@ -190,7 +200,9 @@ class PluginHost:
             if self.pm.get_plugin(impl.plugin_name) is None:
                 continue
             if impl.hookwrapper or impl.wrapper:
-                self._mark_failed(impl.plugin_name, f"hook wrappers are not supported ({hook_name})")
+                self._mark_failed(
+                    impl.plugin_name, f"hook wrappers are not supported ({hook_name})"
+                )
                 continue
             args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
             try:
@@ -234,7 +246,7 @@ class PluginHost:
     # -- reporting -----------------------------------------------------------------
 
     def plugins(self) -> list[PluginInfo]:
-        return sorted(self._info.values(), key=lambda i: i.name)
+        return sorted([*self._info.values(), *self._shadowed], key=lambda i: (i.name, i.module))
 
     def info(self, name: str) -> PluginInfo | None:
         return self._info.get(name)

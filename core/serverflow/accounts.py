@@ -46,7 +46,9 @@ async def create_user(email: str, password: str, name: str = "") -> User:
     if await User.filter(email=email).exists():
         raise Conflict(f"a user with email {email} already exists", code="USR001")
     try:
-        return await User.create(email=email, name=name, password_hash=await ahash_password(password))
+        return await User.create(
+            email=email, name=name, password_hash=await ahash_password(password)
+        )
     except IntegrityError as exc:
         raise Conflict(f"a user with email {email} already exists", code="USR001") from exc
 

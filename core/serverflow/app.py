@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from quart import Quart
 from quart_auth import QuartAuth
 from quart_schema import QuartSchema
+from quart_schema.openapi import OpenAPIProvider
+from werkzeug.routing import Rule
 
 from serverflow import __version__, db
 from serverflow.controlplane import EXTENSION, ControlPlane
@@ -16,6 +19,13 @@ from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+
+class ApiOnlyOpenAPI(OpenAPIProvider):
+    """The OpenAPI document covers the REST API (core and plugins), not pages or assets."""
+
+    def generate_rules(self) -> Iterable[Rule]:
+        return (r for r in super().generate_rules() if r.rule.startswith("/api/"))
 
 
 def create_app(settings: Settings | None = None, plugins: Plugins | None = None) -> Quart:
@@ -51,6 +61,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         info={"title": "ServerFlow API", "version": __version__},
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         security=[{"bearer": []}],
+        openapi_provider_class=ApiOnlyOpenAPI,
     )
 
     from serverflow.api import bp as api_bp
@@ -60,15 +71,25 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(web_bp)
-    for blueprint in plugins.blueprints:
-        app.register_blueprint(blueprint)
+    for blueprint in list(plugins.blueprints):
+        try:
+            app.register_blueprint(blueprint)
+        except (ValueError, AssertionError) as exc:  # e.g. a name or route already taken
+            plugins.host.fail(
+                plugins.blueprints.owner(blueprint.name),
+                f"blueprint {blueprint.name!r} rejected: {exc}",
+            )
     register_error_handlers(app)
 
     @app.before_serving
     async def _open_database() -> None:
         await db.init_orm(settings.database)
-        log.info("serverflow %s ready on %s (database: %s)", __version__, settings.base_url,
-                 settings.dialect)
+        log.info(
+            "serverflow %s ready on %s (database: %s)",
+            __version__,
+            settings.base_url,
+            settings.dialect,
+        )
 
     @app.after_serving
     async def _close_database() -> None:

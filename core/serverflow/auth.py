@@ -46,8 +46,9 @@ class Principal:
 
 
 def bad_token() -> AuthenticationRequired:
-    return AuthenticationRequired("The API token is malformed, unknown, expired or revoked.",
-                                  code="AUTH002")
+    return AuthenticationRequired(
+        "The API token is malformed, unknown, expired or revoked.", code="AUTH002"
+    )
 
 
 async def _from_token(raw: str) -> Principal:
@@ -58,14 +59,22 @@ async def _from_token(raw: str) -> Principal:
     async with scoped(org_id):
         token = await ApiToken.get_or_none(token_hash=hash_token(value))
         now = datetime.now(UTC)
-        if token is None or token.revoked_at is not None or (
-            token.expires_at is not None and token.expires_at <= now
+        if (
+            token is None
+            or token.revoked_at is not None
+            or (token.expires_at is not None and token.expires_at <= now)
         ):
             raise bad_token()
         if token.last_used_at is None or now - token.last_used_at > TOKEN_TOUCH_INTERVAL:
             await ApiToken.filter(id=token.id).update(last_used_at=now)
-    return Principal("token", org_id, token.role, user_id=token.created_by_id,
-                     token_id=token.id, label=f"token:{token.name}")
+    return Principal(
+        "token",
+        org_id,
+        token.role,
+        user_id=token.created_by_id,
+        token_id=token.id,
+        label=f"token:{token.name}",
+    )
 
 
 async def session_user() -> tuple[UserSession, User] | None:
@@ -76,7 +85,9 @@ async def session_user() -> tuple[UserSession, User] | None:
     found = None
     auth_id = current_user.auth_id
     if auth_id:
-        sess = await UserSession.get_or_none(token_hash=hash_token(auth_id)).prefetch_related("user")
+        sess = await UserSession.get_or_none(token_hash=hash_token(auth_id)).prefetch_related(
+            "user"
+        )
         if sess is not None and sess.expires_at > datetime.now(UTC) and sess.user.is_active:
             found = (sess, sess.user)
     g.sf_session = found
@@ -92,10 +103,12 @@ async def _from_session() -> Principal:
         memberships = await Membership.all().order_by("created_at")
     if not memberships:
         raise PermissionDenied("Your account is not a member of any organisation.")
-    chosen = next((m for m in memberships if m.organization_id == sess.current_org_id),
-                  memberships[0])
-    return Principal("session", chosen.organization_id, chosen.role, user_id=user.id,
-                     label=user.email)
+    chosen = next(
+        (m for m in memberships if m.organization_id == sess.current_org_id), memberships[0]
+    )
+    return Principal(
+        "session", chosen.organization_id, chosen.role, user_id=user.id, label=user.email
+    )
 
 
 async def authenticate() -> Principal:
@@ -172,6 +185,7 @@ async def sign_in(email: str, password: str) -> User:
         log.warning("failed sign-in for %s from %s", email, ip, extra={"code": "AUTH003"})
         raise AuthenticationRequired("Wrong email or password.", code="AUTH003")
     await LoginFailure.filter(email=email).delete()
+    await User.filter(id=user.id).update(last_login_at=datetime.now(UTC))
     value, digest = new_session_token()
     hours = current().settings.session_hours
     async with scoped(user_id=user.id):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ def _settings() -> Settings:
         raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
 
 
-def run_async(func: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+def run_async(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Run an async command body; our errors become a clean message and exit code 1."""
 
     @wraps(func)
@@ -92,9 +92,9 @@ async def _first_admin(settings: Settings) -> tuple[str, str] | None:
 @click.option("--port", default=None, type=int, help="Port to listen on (default 8000).")
 def up(host: str | None, port: int | None) -> None:
     """Migrate, create the first admin if there is none, and serve the control plane."""
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    overrides: dict[str, Any] = {"host": host, "port": port}
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ServerFlowError as exc:
         raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
     configure_logging(settings.log_level, settings.log_format)
@@ -109,7 +109,8 @@ def up(host: str | None, port: int | None) -> None:
         email, password = created
         click.echo(
             "\n  First admin account (shown once, change it after signing in):\n"
-            f"    email:    {email}\n    password: {password}\n", err=True,
+            f"    email:    {email}\n    password: {password}\n",
+            err=True,
         )
     click.echo(f"ServerFlow is starting on {settings.base_url}", err=True)
     serve(settings)
@@ -129,7 +130,7 @@ def serve(settings: Settings) -> None:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
     config.graceful_timeout = 5
-    asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
+    asyncio.run(hypercorn_serve(app, config))
 
 
 @main.group()
@@ -141,13 +142,20 @@ def users() -> None:
 @click.argument("email")
 @click.option("--org", "org_ref", default=None, help="Organisation slug or id to join.")
 @click.option("--new-org", default=None, help="Create a new organisation with this name.")
-@click.option("--role", type=click.Choice([r.value for r in Role]), default="member",
-              show_default=True)
+@click.option(
+    "--role", type=click.Choice([r.value for r in Role]), default="member", show_default=True
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.option("--json", "as_json", is_flag=True)
 @run_async
-async def users_create(email: str, org_ref: str | None, new_org: str | None, role: str,
-                       password_stdin: bool, as_json: bool) -> None:
+async def users_create(
+    email: str,
+    org_ref: str | None,
+    new_org: str | None,
+    role: str,
+    password_stdin: bool,
+    as_json: bool,
+) -> None:
     """Create a user; prints a generated password once unless --password-stdin."""
     from serverflow.accounts import add_member, create_organization, create_user, get_org
     from serverflow.passwords import generate_password
@@ -180,16 +188,19 @@ def tokens() -> None:
 
 
 @tokens.command("create")
-@click.option("--org", "org_ref", default="default", show_default=True,
-              help="Organisation slug or id.")
+@click.option(
+    "--org", "org_ref", default="default", show_default=True, help="Organisation slug or id."
+)
 @click.option("--name", required=True, help="What the token is for.")
-@click.option("--role", type=click.Choice([r.value for r in Role]), default="member",
-              show_default=True)
+@click.option(
+    "--role", type=click.Choice([r.value for r in Role]), default="member", show_default=True
+)
 @click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @run_async
-async def tokens_create(org_ref: str, name: str, role: str, expires_in_days: int | None,
-                        as_json: bool) -> None:
+async def tokens_create(
+    org_ref: str, name: str, role: str, expires_in_days: int | None, as_json: bool
+) -> None:
     """Create an API token; its value is printed once and stored only as a hash."""
     from serverflow.accounts import get_org, issue_token
 
@@ -198,8 +209,13 @@ async def tokens_create(org_ref: str, name: str, role: str, expires_in_days: int
     async def body() -> dict[str, Any]:
         org = await get_org(org_ref)
         issued = await issue_token(org.id, name, Role(role), expires_in_days=expires_in_days)
-        return {"id": str(issued.token.id), "name": name, "role": role,
-                "organization": org.slug, "token": issued.value}
+        return {
+            "id": str(issued.token.id),
+            "name": name,
+            "role": role,
+            "organization": org.slug,
+            "token": issued.value,
+        }
 
     result = await _with_db(settings, body)
     if as_json:

@@ -24,8 +24,10 @@ def csrf_token() -> str:
 
 def check_csrf(submitted: str | None) -> None:
     expected = session.get(FIELD)
-    if not submitted or not isinstance(expected, str) or not hmac.compare_digest(
-        submitted.encode(), expected.encode()
+    if (
+        not submitted
+        or not isinstance(expected, str)
+        or not hmac.compare_digest(submitted.encode(), expected.encode())
     ):
         raise PermissionDenied(
             "The form's security token is missing or expired; reload the page and try again.",

@@ -8,6 +8,7 @@ from typing import Any
 
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.context import _current_context
 
 from serverflow.errors import ConfigError, DatabaseError
 
@@ -22,8 +23,10 @@ def dialect_of(url: str) -> str:
         return "sqlite"
     if url.startswith(("postgres://", "postgresql://", "asyncpg://")):
         return "postgres"
-    raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}; "
-                      "use sqlite:///path or postgres://user@host/db")
+    raise ConfigError(
+        f"unsupported database URL scheme in {url.split(':', 1)[0]!r}; "
+        "use sqlite:///path or postgres://user@host/db"
+    )
 
 
 def prepare(url: str) -> None:
@@ -77,15 +80,18 @@ async def init_orm(url: str) -> None:
     try:
         await check_role(url)
     except OSError as exc:
-        await Tortoise.close_connections()
+        await close_orm()
         raise DatabaseError(f"cannot connect to the database: {exc}") from exc
     except ConfigError:
-        await Tortoise.close_connections()
+        await close_orm()
         raise
 
 
 async def close_orm() -> None:
     await Tortoise.close_connections()
+    # A closed Tortoise context still says "initialised", and aerich would then skip its
+    # own init and query through a context without connections: start the next from zero.
+    _current_context.set(None)
 
 
 def connection() -> BaseDBAsyncClient:
@@ -96,19 +102,21 @@ def connection() -> BaseDBAsyncClient:
 async def ping() -> bool:
     try:
         await connection().execute_query("SELECT 1")
-    except Exception:  # noqa: BLE001 - any driver error means "not ready"
+    except Exception:
         log.warning("database ping failed", exc_info=True)
         return False
     return True
 
 
-async def migrate(url: str) -> list[str]:
+async def migrate(url: str, location: Path | None = None) -> list[str]:
     """Apply pending migrations; returns the names of those applied. Keeps existing data."""
     from aerich import Command
 
     prepare(url)
     command = Command(
-        tortoise_config=tortoise_config(url), app="models", location=str(migrations_location(url))
+        tortoise_config=tortoise_config(url),
+        app="models",
+        location=str(location or migrations_location(url)),
     )
     try:
         await command.init()
@@ -117,4 +125,4 @@ async def migrate(url: str) -> list[str]:
     except OSError as exc:
         raise DatabaseError(f"cannot connect to the database: {exc}") from exc
     finally:
-        await Tortoise.close_connections()
+        await close_orm()

@@ -1,4 +1,4 @@
-"""The error hierarchy. Each error has a stable code, an HTTP status and a message a person can act on.
+"""The error hierarchy: each error has a stable code, an HTTP status and an actionable message.
 
 Codes are part of the public API: never reuse or renumber one. `docs/errors.md` lists them.
 """

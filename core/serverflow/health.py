@@ -21,6 +21,9 @@ async def healthz() -> Response:
 async def readyz() -> tuple[Response, int]:
     if await db.ping():
         return jsonify({"status": "ready", "database": "ok"}), 200
-    body = {"status": "unavailable", "database": "unreachable",
-            "error": {"code": "DB001", "message": "The database is unreachable."}}
+    body = {
+        "status": "unavailable",
+        "database": "unreachable",
+        "error": {"code": "DB001", "message": "The database is unreachable."},
+    }
     return jsonify(body), 503

@@ -26,8 +26,9 @@ class JsonRequest(Request):
         if not (force or self.is_json) and not silent:
             body = await self.get_data(cache=True)
             if body:
-                raise InvalidInput("Send the body as JSON with Content-Type: application/json.",
-                                   code="VAL004")
+                raise InvalidInput(
+                    "Send the body as JSON with Content-Type: application/json.", code="VAL004"
+                )
         return await super().get_json(force=force, silent=silent, cache=cache)
 
     def on_json_loading_failed(self, error: Exception) -> Any:
@@ -39,8 +40,11 @@ def _validation_details(exc: Exception) -> list[dict[str, Any]]:
     if isinstance(inner, ValidationError):
         # Never echo the submitted values back or into logs: they may be secrets.
         return [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"],
-             "type": e["type"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "(body)",
+                "problem": e["msg"],
+                "type": e["type"],
+            }
             for e in inner.errors(include_url=False, include_input=False, include_context=False)
         ]
     return [{"field": "(body)", "problem": str(inner) if inner else "invalid"}]
@@ -52,15 +56,31 @@ def _who() -> str:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith(JSON_PREFIXES) or request.accept_mimetypes.best == "application/json"
+    return (
+        request.path.startswith(JSON_PREFIXES)
+        or request.accept_mimetypes.best == "application/json"
+    )
 
 
 async def _respond(error: ServerFlowError) -> Response:
     level = logging.ERROR if error.status >= 500 else logging.WARNING
-    log.log(level, "%s %s %s -> %s %s (%s)", error.code, request.method, request.path,
-            error.status, error.message, _who(),
-            extra={"code": error.code, "status": error.status, "path": request.path,
-                   "method": request.method, "principal": _who()})
+    log.log(
+        level,
+        "%s %s %s -> %s %s (%s)",
+        error.code,
+        request.method,
+        request.path,
+        error.status,
+        error.message,
+        _who(),
+        extra={
+            "code": error.code,
+            "status": error.status,
+            "path": request.path,
+            "method": request.method,
+            "principal": _who(),
+        },
+    )
     if _wants_json():
         response = jsonify(error.as_dict())
     else:
@@ -79,8 +99,9 @@ def register_error_handlers(app: Quart) -> None:
     async def _schema(error: RequestSchemaValidationError) -> Response:
         details = _validation_details(error)
         summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
-        return await _respond(InvalidInput(f"Invalid request: {summary}", code="VAL001",
-                                           details=details))
+        return await _respond(
+            InvalidInput(f"Invalid request: {summary}", code="VAL001", details=details)
+        )
 
     @app.errorhandler(HTTPException)
     async def _http(error: HTTPException) -> Response:

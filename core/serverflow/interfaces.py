@@ -107,7 +107,7 @@ class VirtualServer:
 
 @runtime_checkable
 class ServerProvider(Protocol):
-    """A cloud that creates VPSes (Hetzner, DigitalOcean, Vultr) with cloud-init installing the agent."""
+    """A cloud that creates VPSes (Hetzner, DigitalOcean...) whose cloud-init installs the agent."""
 
     name: str
     description: str

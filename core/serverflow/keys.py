@@ -29,8 +29,7 @@ def load_or_create_key(path: Path, nbytes: int = KEY_BYTES) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(
-            f"secret file {path} is readable by other users (mode {mode:o}); "
-            f"run: chmod 600 {path}",
+            f"secret file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}",
             code="CFG002",
         )
     try:

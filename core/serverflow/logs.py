@@ -12,8 +12,12 @@ from datetime import UTC, datetime
 _PATTERNS = [
     (re.compile(r"sf_[0-9a-f]{32}_[A-Za-z0-9_\-]{16,}"), "sf_********"),
     (re.compile(r"(?i)(authorization:?\s*(?:bearer|basic)\s+)\S+"), r"\1********"),
-    (re.compile(r"(?i)((?:password|passwd|secret|token|api_key)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"),
-     r"\1********"),
+    (
+        re.compile(
+            r"(?i)((?:password|passwd|secret|token|api_key)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"
+        ),
+        r"\1********",
+    ),
     (re.compile(r"(?i)(serverflow_session=)[^;\s]+"), r"\1********"),
 ]
 

@@ -51,6 +51,7 @@ class User(Model):
     is_active = fields.BooleanField(default=True)
     locale = fields.CharField(max_length=16, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
+    last_login_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "users"

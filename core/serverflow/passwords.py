@@ -13,7 +13,6 @@ _ARGON = nacl.pwhash.argon2id
 MIN_LENGTH = 10
 
 
-
 @functools.cache
 def _dummy_hash() -> str:
     """Verified against when the email is unknown, so timing does not reveal which exist."""

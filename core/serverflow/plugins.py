@@ -45,12 +45,9 @@ class Plugins:
     def runtimes(self) -> Registry[interfaces.Runtime]:
         return self.registries["runtimes"]
 
-    def list(self) -> list[PluginInfo]:
-        return self.host.plugins()
-
     def report(self) -> list[dict[str, Any]]:
         """Every plugin with its status and what it provides (CLI, API and dashboard)."""
-        return [{**info.as_dict(), "provides": self.provided(info.name)} for info in self.list()]
+        return [{**info.as_dict(), "provides": self.provided(info.name)} for info in self.host.plugins()]
 
     def provided(self, plugin: str) -> dict[str, list[str]]:
         """What each registry holds from one plugin, e.g. {"runtimes": ["pm2"]}."""

@@ -32,7 +32,9 @@ class Scope:
     user_id: uuid.UUID | None = None
 
 
-_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("serverflow_scope", default=None)
+_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "serverflow_scope", default=None
+)
 
 
 def current_scope() -> Scope | None:

@@ -39,8 +39,14 @@ class MemberList(Output):
 
 
 def _out(m: Membership) -> MemberOut:
-    return MemberOut(id=m.id, user_id=m.user_id, email=m.user.email, name=m.user.name,
-                     role=m.role, created_at=m.created_at)
+    return MemberOut(
+        id=m.id,
+        user_id=m.user_id,
+        email=m.user.email,
+        name=m.user.name,
+        role=m.role,
+        created_at=m.created_at,
+    )
 
 
 async def get_member(member_id: str) -> Membership:
@@ -82,8 +88,7 @@ async def add_member(data: MemberIn) -> tuple[MemberOut, int]:
     _check_can_grant(role)
     user = await User.get_or_none(email=normalize_email(data.email))
     if user is None:
-        raise NotFound(f"no user with email {data.email}; create the account first",
-                       code="MEM003")
+        raise NotFound(f"no user with email {data.email}; create the account first", code="MEM003")
     if await Membership.filter(user_id=user.id).exists():
         raise Conflict(f"{user.email} is already a member", code="MEM004")
     member = await Membership.create(user_id=user.id, role=role)

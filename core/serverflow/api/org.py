@@ -38,8 +38,13 @@ class OrgPatch(Input):
 async def me() -> MeOut:
     caller = principal()
     org = await Organization.get(id=caller.org_id)
-    return MeOut(kind=caller.kind, label=caller.label, role=caller.role, user_id=caller.user_id,
-                 organization=OrgOut.model_validate(org))
+    return MeOut(
+        kind=caller.kind,
+        label=caller.label,
+        role=caller.role,
+        user_id=caller.user_id,
+        organization=OrgOut.model_validate(org),
+    )
 
 
 @bp.get("/organization")

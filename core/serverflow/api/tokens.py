@@ -64,10 +64,17 @@ async def list_tokens() -> TokenList:
 async def create_token(data: TokenIn) -> tuple[NewTokenOut, int]:
     caller = principal()
     creator = await User.get_or_none(id=caller.user_id) if caller.user_id else None
-    issued = await issue_token(caller.org_id, data.name, Role(data.role), created_by=creator,
-                               creator_role=caller.role, expires_in_days=data.expires_in_days)
-    out = NewTokenOut.model_validate({**TokenOut.model_validate(issued.token).model_dump(),
-                                      "token": issued.value})
+    issued = await issue_token(
+        caller.org_id,
+        data.name,
+        Role(data.role),
+        created_by=creator,
+        creator_role=caller.role,
+        expires_in_days=data.expires_in_days,
+    )
+    out = NewTokenOut.model_validate(
+        {**TokenOut.model_validate(issued.token).model_dump(), "token": issued.value}
+    )
     return out, 201
 
 

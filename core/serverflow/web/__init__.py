@@ -9,12 +9,13 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from serverflow.auth import session_user, sign_in, sign_out
 from serverflow.csrf import FIELD as CSRF_FIELD
 from serverflow.csrf import check_csrf, csrf_token
-from serverflow.errors import AuthenticationRequired, ServerFlowError, TooManyRequests
+from serverflow.errors import AuthenticationRequired, PermissionDenied, TooManyRequests
 from serverflow.models import Membership, Organization, Server
 from serverflow.tenancy import scoped
 
-bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "web", __name__, template_folder="templates", static_folder="static", static_url_path="/static"
+)
 
 
 @bp.app_context_processor
@@ -63,15 +64,16 @@ async def overview() -> str | WerkzeugResponse:
     async with scoped(user_id=user.id):
         memberships = await Membership.all().order_by("created_at")
     if not memberships:
-        raise ServerFlowError("Your account is not a member of any organisation.",
-                              code="AUTH004")
-    membership = next((m for m in memberships if m.organization_id == sess.current_org_id),
-                      memberships[0])
+        raise PermissionDenied("Your account is not a member of any organisation.")
+    membership = next(
+        (m for m in memberships if m.organization_id == sess.current_org_id), memberships[0]
+    )
     org = await Organization.get(id=membership.organization_id)
     async with scoped(org.id, user.id):
         servers = await Server.all().order_by("name")
-    return await render_template("overview.html", user=user, org=org, role=membership.role,
-                                 servers=servers)
+    return await render_template(
+        "overview.html", user=user, org=org, role=membership.role, servers=servers
+    )
 
 
 @bp.get("/favicon.ico")

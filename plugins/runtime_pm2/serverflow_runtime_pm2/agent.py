@@ -16,11 +16,13 @@ PREFIX_SCHEMA = {
 
 @hookimpl
 def register_actions(register: Callable[[ActionSpec], None]) -> None:
-    register(ActionSpec(
-        name="pm2.status",
-        description="List the PM2 processes (name, pid, status, restarts, memory, CPU).",
-        kind="read",
-        handler="serverflow_runtime_pm2.pm2:status",
-        params_schema=PREFIX_SCHEMA,
-        timeout=20,
-    ))
+    register(
+        ActionSpec(
+            name="pm2.status",
+            description="List the PM2 processes (name, pid, status, restarts, memory, CPU).",
+            kind="read",
+            handler="serverflow_runtime_pm2.pm2:status",
+            params_schema=PREFIX_SCHEMA,
+            timeout=20,
+        )
+    )

@@ -21,13 +21,16 @@ class Pm2Runtime:
     description = "Runs each release as a PM2 process (Node.js, Python or any command)."
 
     def start(self, release: Release) -> ActionCall:
-        return ActionCall("pm2.start", {
-            "name": process_name(release.app, release.release_id),
-            "cwd": release.directory,
-            "command": list(release.start_command),
-            "port": release.port,
-            "env": dict(release.env),
-        })
+        return ActionCall(
+            "pm2.start",
+            {
+                "name": process_name(release.app, release.release_id),
+                "cwd": release.directory,
+                "command": list(release.start_command),
+                "port": release.port,
+                "env": dict(release.env),
+            },
+        )
 
     def stop(self, app: str, release_id: str) -> ActionCall:
         return ActionCall("pm2.stop", {"name": process_name(app, release_id)})

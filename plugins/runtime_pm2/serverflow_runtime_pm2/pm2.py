@@ -23,8 +23,14 @@ def run_pm2(args: list[str], pm2_home: str | None = None, timeout: float = 30) -
     binary = shutil.which("pm2")
     if binary is None:
         raise Pm2Error("pm2 is not installed (npm install -g pm2)")
-    proc = subprocess.run([binary, *args], env=pm2_env(pm2_home), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [binary, *args],
+        env=pm2_env(pm2_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if proc.returncode != 0:
         raise Pm2Error(f"pm2 {args[0]} failed: {proc.stderr.strip()[-500:]}")
     return proc.stdout
@@ -45,12 +51,14 @@ def status(params: dict[str, Any], pm2_home: str | None = None) -> dict[str, Any
             continue
         env = proc.get("pm2_env", {})
         monit = proc.get("monit", {})
-        processes.append({
-            "name": proc.get("name"),
-            "pid": proc.get("pid"),
-            "status": env.get("status"),
-            "restarts": env.get("restart_time", 0),
-            "memory": monit.get("memory"),
-            "cpu": monit.get("cpu"),
-        })
+        processes.append(
+            {
+                "name": proc.get("name"),
+                "pid": proc.get("pid"),
+                "status": env.get("status"),
+                "restarts": env.get("restart_time", 0),
+                "memory": monit.get("memory"),
+                "cpu": monit.get("cpu"),
+            }
+        )
     return {"processes": processes}

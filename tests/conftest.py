@@ -1,0 +1,110 @@
+"""Shared fixtures. Real components are started by tests/components/*."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from serverflow import db
+from serverflow.accounts import add_member, create_organization, create_user, issue_token
+from serverflow.app import create_app
+from serverflow.models import Organization, Role, User
+from serverflow.plugins import Plugins
+from serverflow.settings import Settings, load_settings
+from tests.components.postgres import PostgresServer, app_database, start_postgres
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    with app_database(postgres) as url:
+        yield url
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite by default; parametrize with indirect=True and "postgres" for PostgreSQL."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite://{tmp_path / 'serverflow.sqlite3'}"
+
+
+BOTH_DATABASES = pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+def make_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
+    return load_settings(environ={}, data_dir=tmp_path / "data", database_url=db_url, **overrides)
+
+
+@dataclass
+class Tenant:
+    org: Organization
+    owner: User
+    tokens: dict[Role, str] = field(default_factory=dict)
+
+    def auth(self, role: Role = Role.OWNER) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@dataclass
+class ControlPlaneUnderTest:
+    app: Quart
+    settings: Settings
+    db_url: str
+
+    def client(self) -> TestClientProtocol:
+        return self.app.test_client()
+
+    async def tenant(self, name: str) -> Tenant:
+        """An organisation with an owner (password PASSWORD) and a token for every role."""
+        org = await create_organization(name)
+        email = f"owner-{uuid.uuid4().hex[:8]}@{org.slug}.test"
+        owner = await create_user(email, PASSWORD)
+        await add_member(org, owner, Role.OWNER)
+        tenant = Tenant(org=org, owner=owner)
+        for role in Role:
+            tenant.tokens[role] = (await issue_token(org.id, f"{role}-token", role)).value
+        return tenant
+
+    async def user(self, tenant: Tenant, role: Role) -> User:
+        user = await create_user(f"{role}-{uuid.uuid4().hex[:8]}@{tenant.org.slug}.test", PASSWORD)
+        await add_member(tenant.org, user, role)
+        return user
+
+
+@pytest.fixture
+async def control_plane(db_url: str, tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
+    settings = make_settings(tmp_path, db_url)
+    await db.migrate(db_url)
+    app = create_app(settings, plugins=Plugins(load=False))
+    async with app.test_app() as test_app:
+        yield ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
+
+
+async def sign_in(client: TestClientProtocol, email: str, password: str = PASSWORD) -> str:
+    """Sign in through the login form; returns the CSRF token for later unsafe requests."""
+    page = await (await client.get("/login")).get_data(as_text=True)
+    csrf = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    response = await client.post(
+        "/login", form={"csrf_token": csrf, "email": email, "password": password}
+    )
+    assert response.status_code == 302, await response.get_data(as_text=True)
+    return csrf

@@ -1,0 +1,105 @@
+"""Schema changes go through aerich; migrating an existing database keeps its data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serverflow import db
+from serverflow.accounts import add_member, create_organization, create_user
+from serverflow.models import Membership, Role, Server, User
+from serverflow.tenancy import scoped
+from tests.conftest import BOTH_DATABASES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_models_match_committed_migrations() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "makemigrations.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_both_dialects_have_the_same_history() -> None:
+    def names(dialect: str) -> list[str]:
+        files = sorted(
+            (db.MIGRATIONS_DIR / dialect / "models").glob("*_*.py"),
+            key=lambda p: int(p.name.split("_", 1)[0]),
+        )
+        return [p.name.split("_", 1)[0] + "_" + p.stem.split("_", 2)[2] for p in files]
+
+    assert names("sqlite") == names("postgres")
+    assert len(names("sqlite")) >= 2
+
+
+@BOTH_DATABASES
+async def test_upgrading_an_old_database_keeps_its_data(db_url: str, tmp_path: Path) -> None:
+    location = db.migrations_location(db_url)
+    first = sorted((location / "models").glob("0_*.py"))
+    assert len(first) == 1
+    old = tmp_path / "old" / "models"
+    old.mkdir(parents=True)
+    shutil.copy(first[0], old / first[0].name)
+
+    # A database created by the first release of the schema, with data in it.
+    assert await db.migrate(db_url, location=old.parent) == [first[0].name]
+    await db.init_orm(db_url)
+    try:
+        org = await create_organization("Acme")
+        # last_login_at does not exist yet in this schema: insert through raw SQL.
+        conn = db.connection()
+        await conn.execute_query(
+            "INSERT INTO users (id, email, name, password_hash, is_active, created_at) "
+            "VALUES ('6f1c7f0e-6e56-4a8e-9a39-2e1b0b6f4a11', 'old@acme.test', 'Old', 'x', "
+            "true, CURRENT_TIMESTAMP)"
+        )
+        user = await User.get(email="old@acme.test").only("id", "email")
+        async with scoped(org.id):
+            await Membership.create(user_id=user.id, role=Role.OWNER)
+            await Server.create(name="legacy-1", description="kept")
+    finally:
+        await db.close_orm()
+
+    applied = await db.migrate(db_url)
+    assert applied and all(not name.startswith("0_") for name in applied)
+    assert await db.migrate(db_url) == []
+
+    await db.init_orm(db_url)
+    try:
+        user = await User.get(email="old@acme.test")
+        assert user.last_login_at is None  # the new column exists
+        async with scoped(org.id):
+            server = await Server.get(name="legacy-1")
+            assert server.description == "kept"
+            assert await Membership.filter(user_id=user.id, role=Role.OWNER).exists()
+    finally:
+        await db.close_orm()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_superuser_database_role_is_refused(db_url: str, postgres: object) -> None:
+    admin = postgres.admin_dsn  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match=r"DB002|superuser"):
+        await db.migrate(admin.replace("postgresql://", "postgres://"))
+    assert db_url  # the app role itself is accepted (exercised by the other tests)
+
+
+async def test_fresh_user_creation_after_full_migration(db_url: str) -> None:
+    await db.migrate(db_url)
+    await db.init_orm(db_url)
+    try:
+        org = await create_organization("Acme")
+        user = await create_user("new@acme.test", "long enough password")
+        await add_member(org, user, Role.VIEWER)
+        assert (await User.get(email="new@acme.test")).last_login_at is None
+    finally:
+        await db.close_orm()
