@@ -8,7 +8,7 @@ from typing import Any
 from quart import Blueprint
 
 from serverflow import hookspecs, interfaces
-from serverflow_agent.pluginhost import PluginHost, PluginInfo, Registry
+from serverflow_agent.pluginhost import PluginHost, Registry
 
 # hook name -> (registry name, interface the registered objects must implement)
 REGISTRY_HOOKS: dict[str, tuple[str, type | None]] = {
@@ -47,7 +47,9 @@ class Plugins:
 
     def report(self) -> list[dict[str, Any]]:
         """Every plugin with its status and what it provides (CLI, API and dashboard)."""
-        return [{**info.as_dict(), "provides": self.provided(info.name)} for info in self.host.plugins()]
+        return [
+            {**info.as_dict(), "provides": self.provided(info.name)} for info in self.host.plugins()
+        ]
 
     def provided(self, plugin: str) -> dict[str, list[str]]:
         """What each registry holds from one plugin, e.g. {"runtimes": ["pm2"]}."""
