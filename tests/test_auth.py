@@ -184,3 +184,40 @@ async def test_add_member_by_email(control_plane: ControlPlaneUnderTest) -> None
     assert added.status_code == 201
     again = await client.post("/api/v1/members", json={"email": b.owner.email}, headers=a.auth())
     assert (await again.get_json())["error"]["code"] == "MEM004"
+
+
+async def test_change_password_signs_out_sessions(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    client = control_plane.client()
+    csrf = await sign_in(client, tenant.owner.email)
+    headers = {"X-CSRF-Token": csrf}
+    wrong = await client.post(
+        "/api/v1/me/password",
+        headers=headers,
+        json={"current_password": "nope", "new_password": "x" * 12},
+    )
+    assert (await wrong.get_json())["error"]["code"] == "AUTH003"
+    weak = await client.post(
+        "/api/v1/me/password",
+        headers=headers,
+        json={"current_password": "correct horse battery staple", "new_password": "short"},
+    )
+    assert weak.status_code == 400
+    ok = await client.post(
+        "/api/v1/me/password",
+        headers=headers,
+        json={
+            "current_password": "correct horse battery staple",
+            "new_password": "a much better passphrase",
+        },
+    )
+    assert ok.status_code == 204
+    assert (await client.get("/api/v1/me")).status_code == 401
+    await sign_in(control_plane.client(), tenant.owner.email, "a much better passphrase")
+    # Tokens have no password to change.
+    by_token = await client.post(
+        "/api/v1/me/password",
+        headers=tenant.auth(),
+        json={"current_password": "x", "new_password": "y" * 12},
+    )
+    assert by_token.status_code == 403

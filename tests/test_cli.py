@@ -146,3 +146,22 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     (data / "serverflow.toml").write_text("port = [")
     proc = run_cli("up", env=cli_env(data), check=False)
     assert proc.returncode == 1 and "CFG001" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_set_password(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = cli_env(data)
+    run_cli("users", "create", "ops@acme.test", "--new-org", "Acme", env=env)
+    out = run_cli(
+        "users",
+        "set-password",
+        "ops@acme.test",
+        "--password-stdin",
+        env=env,
+        input="brand new passphrase\n",
+    ).stdout
+    assert "changed" in out and "brand new passphrase" not in out
+    missing = run_cli("users", "set-password", "ghost@acme.test", env=env, check=False)
+    assert missing.returncode == 1 and "USR002" in missing.stderr
+    with ControlPlaneProcess(data) as cp:
+        _login(cp.url, "ops@acme.test", "brand new passphrase")

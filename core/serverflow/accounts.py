@@ -53,6 +53,17 @@ async def create_user(email: str, password: str, name: str = "") -> User:
         raise Conflict(f"a user with email {email} already exists", code="USR001") from exc
 
 
+async def set_password(user: User, password: str) -> None:
+    """Change a password and end every browser session of the user."""
+    from serverflow.models import UserSession
+
+    if problem := check_strength(password):
+        raise InvalidInput(problem, code="VAL001")
+    user.password_hash = await ahash_password(password)
+    await user.save(update_fields=["password_hash"])
+    await UserSession.filter(user_id=user.id).delete()
+
+
 async def add_member(org: Organization, user: User, role: Role) -> Membership:
     async with scoped(org.id):
         if await Membership.filter(user_id=user.id).exists():

@@ -11,6 +11,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from tortoise.exceptions import BaseORMException
 
 from serverflow import __version__, db
 from serverflow.errors import ServerFlowError
@@ -37,11 +38,18 @@ def run_async(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             return asyncio.run(func(*args, **kwargs))
         except ServerFlowError as exc:
             raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+        except (BaseORMException, OSError) as exc:
+            raise click.ClickException(f"[DB001] database error: {exc}") from exc
 
     return wrapper
 
 
-async def _with_db(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
+async def _with_db(
+    settings: Settings, body: Callable[[], Awaitable[T]], migrate: bool = True
+) -> T:
+    """Run `body` with the database open, migrated first (so a fresh install just works)."""
+    if migrate:
+        await db.migrate(settings.database)
     await db.init_orm(settings.database)
     try:
         return await body()
@@ -84,7 +92,7 @@ async def _first_admin(settings: Settings) -> tuple[str, str] | None:
         await add_member(org, user, Role.OWNER)
         return email, password
 
-    return await _with_db(settings, body)
+    return await _with_db(settings, body, migrate=False)
 
 
 @main.command()
@@ -108,7 +116,8 @@ def up(host: str | None, port: int | None) -> None:
     if created:
         email, password = created
         click.echo(
-            "\n  First admin account (shown once, change it after signing in):\n"
+            "\n  First admin account (shown once; change it with "
+            "`serverflow users set-password EMAIL`):\n"
             f"    email:    {email}\n    password: {password}\n",
             err=True,
         )
@@ -180,6 +189,32 @@ async def users_create(
         click.echo(f"created {result['email']} ({role} of {result['organization']})")
         if not password_stdin:
             click.echo(f"password (shown once): {password}")
+
+
+@users.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from stdin.")
+@run_async
+async def users_set_password(email: str, password_stdin: bool) -> None:
+    """Set a user's password (generated unless --password-stdin); signs out their sessions."""
+    from serverflow.accounts import normalize_email, set_password
+    from serverflow.errors import NotFound
+    from serverflow.models import User
+    from serverflow.passwords import generate_password
+
+    settings = _settings()
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
+
+    async def body() -> None:
+        user = await User.get_or_none(email=normalize_email(email))
+        if user is None:
+            raise NotFound(f"no user with email {email}", code="USR002")
+        await set_password(user, password)
+
+    await _with_db(settings, body)
+    click.echo(f"password of {email} changed; their browser sessions were signed out")
+    if not password_stdin:
+        click.echo(f"new password (shown once): {password}")
 
 
 @main.group()

@@ -104,6 +104,7 @@ CODES: dict[str, str] = {
     "MEM004": "This user is already a member.",
     "ORG001": "Organisation not found.",
     "USR001": "A user with this email already exists.",
+    "USR002": "User not found.",
     "CFG001": "The configuration is invalid.",
     "CFG002": "A secret file has unsafe permissions.",
     "DB001": "The database is unreachable.",

@@ -8,10 +8,13 @@ from typing import Literal
 from pydantic import Field
 from quart_schema import validate_request, validate_response
 
+from serverflow.accounts import set_password
 from serverflow.api import bp
 from serverflow.api.schemas import Input, Output
 from serverflow.auth import principal, requires
-from serverflow.models import Organization, Role
+from serverflow.errors import AuthenticationRequired, PermissionDenied
+from serverflow.models import Organization, Role, User
+from serverflow.passwords import averify_password
 
 
 class OrgOut(Output):
@@ -45,6 +48,26 @@ async def me() -> MeOut:
         user_id=caller.user_id,
         organization=OrgOut.model_validate(org),
     )
+
+
+class PasswordIn(Input):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+@bp.post("/me/password")
+@requires(Role.VIEWER)
+@validate_request(PasswordIn)
+async def change_password(data: PasswordIn) -> tuple[str, int]:
+    """Change the signed-in user's password; every session of theirs is signed out."""
+    caller = principal()
+    if caller.kind != "session" or caller.user_id is None:
+        raise PermissionDenied("Only a signed-in user can change their password.")
+    user = await User.get(id=caller.user_id)
+    if not await averify_password(user.password_hash, data.current_password):
+        raise AuthenticationRequired("The current password is wrong.", code="AUTH003")
+    await set_password(user, data.new_password)
+    return "", 204
 
 
 @bp.get("/organization")
