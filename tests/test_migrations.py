@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from serverflow.tenancy import scoped
 from tests.conftest import BOTH_DATABASES
 
 ROOT = Path(__file__).resolve().parents[1]
+OLD_USER = "6f1c7f0e-6e56-4a8e-9a39-2e1b0b6f4a11"
+OLD_SERVER = "0b0e9a3c-1d4e-4b55-8a49-7c0f3f3b9d21"
 
 
 def test_models_match_committed_migrations() -> None:
@@ -54,17 +57,20 @@ async def test_upgrading_an_old_database_keeps_its_data(db_url: str, tmp_path: P
     await db.init_orm(db_url)
     try:
         org = await create_organization("Acme")
-        # last_login_at does not exist yet in this schema: insert through raw SQL.
+        # The current models have columns this old schema lacks: insert through raw SQL.
         conn = db.connection()
         await conn.execute_query(
             "INSERT INTO users (id, email, name, password_hash, is_active, created_at) "
-            "VALUES ('6f1c7f0e-6e56-4a8e-9a39-2e1b0b6f4a11', 'old@acme.test', 'Old', 'x', "
+            f"VALUES ('{OLD_USER}', 'old@acme.test', 'Old', 'x', "
             "true, CURRENT_TIMESTAMP)"
         )
-        user = await User.get(email="old@acme.test").only("id", "email")
-        async with scoped(org.id):
-            await Membership.create(user_id=user.id, role=Role.OWNER)
-            await Server.create(name="legacy-1", description="kept")
+        async with scoped(org.id) as tenant_conn:  # RLS: tenant rows only within a scope
+            await Membership.create(user_id=uuid.UUID(OLD_USER), role=Role.OWNER)
+            await tenant_conn.execute_query(
+                "INSERT INTO servers (id, name, description, status, created_at, "
+                f"organization_id) VALUES ('{OLD_SERVER}', 'legacy-1', 'kept', 'pending', "
+                f"CURRENT_TIMESTAMP, '{org.id}')"
+            )
     finally:
         await db.close_orm()
 
@@ -79,6 +85,7 @@ async def test_upgrading_an_old_database_keeps_its_data(db_url: str, tmp_path: P
         async with scoped(org.id):
             server = await Server.get(name="legacy-1")
             assert server.description == "kept"
+            assert server.security_mode == "full"  # added by a later migration, defaulted
             assert await Membership.filter(user_id=user.id, role=Role.OWNER).exists()
     finally:
         await db.close_orm()

@@ -186,8 +186,12 @@ def verify(public_key: str, frame_type: str, body: dict[str, Any], signature: st
     try:
         verify_key = nacl.signing.VerifyKey(b64d(public_key))
         verify_key.verify(signed_bytes(frame_type, body), b64d(signature))
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError,
-            TypeError) as exc:
+    except (
+        nacl.exceptions.BadSignatureError,
+        nacl.exceptions.ValueError,
+        ValueError,
+        TypeError,
+    ) as exc:
         raise ProtocolError("SIG001") from exc
 
 
@@ -226,48 +230,106 @@ def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> di
 
 
 ACTION_DESCRIPTION = _obj(
-    {"name": _NAME, "kind": _KIND,
-     "description": {"type": "string", "maxLength": 1000},
-     "params_schema": {"type": "object"},
-     "timeout": {"type": "number", "minimum": 0},
-     "memory_limit_mb": {"type": "integer", "minimum": 1}},
+    {
+        "name": _NAME,
+        "kind": _KIND,
+        "description": {"type": "string", "maxLength": 1000},
+        "params_schema": {"type": "object"},
+        "timeout": {"type": "number", "minimum": 0},
+        "memory_limit_mb": {"type": "integer", "minimum": 1},
+    },
 )
 
 BODY_SCHEMAS: dict[str, dict[str, Any]] = {
     # agent -> control plane
-    "hello": _obj({"server_id": _ID, "org_id": _ID, "public_key": _KEY,
-                   "control_plane_key": _KEY,
-                   "agent_version": {"type": "string", "maxLength": 40},
-                   "protocol": {"type": "integer", "minimum": 1, "maximum": 1000}}),
-    "auth": _obj({"server_id": _ID, "session_id": _ID, "nonce": _NONCE,
-                  "actions": {"type": "array", "maxItems": 500, "items": ACTION_DESCRIPTION}}),
+    "hello": _obj(
+        {
+            "server_id": _ID,
+            "org_id": _ID,
+            "public_key": _KEY,
+            "control_plane_key": _KEY,
+            "agent_version": {"type": "string", "maxLength": 40},
+            "protocol": {"type": "integer", "minimum": 1, "maximum": 1000},
+        }
+    ),
+    "auth": _obj(
+        {
+            "server_id": _ID,
+            "session_id": _ID,
+            "nonce": _NONCE,
+            "actions": {"type": "array", "maxItems": 500, "items": ACTION_DESCRIPTION},
+        }
+    ),
     "result": _obj(
-        {"command_id": {"type": "string", "maxLength": 64}, "server_id": _ID,
-         "status": {"type": "string", "enum": ["ok", "error", "refused"]},
-         "started_at": _TS, "finished_at": _TS},
-        {"code": {"type": "string", "maxLength": 16},
-         "message": {"type": "string", "maxLength": 4000},
-         "output": {}}),
-    "heartbeat": _obj({"server_id": _ID, "seq": {"type": "integer", "minimum": 0},
-                       "sent_at": _TS, "metrics": {"type": "object"}}),
+        {
+            "command_id": {"type": "string", "maxLength": 64},
+            "server_id": _ID,
+            "status": {"type": "string", "enum": ["ok", "error", "refused"]},
+            "started_at": _TS,
+            "finished_at": _TS,
+        },
+        {
+            "code": {"type": "string", "maxLength": 16},
+            "message": {"type": "string", "maxLength": 4000},
+            "output": {},
+        },
+    ),
+    "heartbeat": _obj(
+        {
+            "server_id": _ID,
+            "seq": {"type": "integer", "minimum": 0},
+            "sent_at": _TS,
+            "metrics": {"type": "object"},
+        }
+    ),
     "event": _obj({"server_id": _ID, "kind": _NAME, "sent_at": _TS, "data": {"type": "object"}}),
-    "agent_key": _obj({"server_id": _ID, "old_public_key": _KEY, "new_public_key": _KEY,
-                       "issued_at": _TS, "proof": {"type": "string", "maxLength": 100}}),
+    "agent_key": _obj(
+        {
+            "server_id": _ID,
+            "old_public_key": _KEY,
+            "new_public_key": _KEY,
+            "issued_at": _TS,
+            "proof": {"type": "string", "maxLength": 100},
+        }
+    ),
     # control plane -> agent
     "challenge": _obj({"server_id": _ID, "session_id": _ID, "nonce": _NONCE, "issued_at": _TS}),
-    "authorized": _obj({"server_id": _ID, "session_id": _ID, "issued_at": _TS,
-                        "heartbeat_interval_ms": {"type": "integer", "minimum": 100,
-                                                  "maximum": 3_600_000}}),
-    "registry": _obj({"server_id": _ID, "version": {"type": "integer", "minimum": 0},
-                      "issued_at": _TS,
-                      "actions": {"type": "array", "maxItems": 500, "items": _NAME}}),
-    "command": _obj({"id": _ID, "server_id": _ID, "action": _NAME, "params": {"type": "object"},
-                     "issued_at": _TS, "expires_at": _TS, "nonce": _NONCE}),
+    "authorized": _obj(
+        {
+            "server_id": _ID,
+            "session_id": _ID,
+            "issued_at": _TS,
+            "heartbeat_interval_ms": {"type": "integer", "minimum": 100, "maximum": 3_600_000},
+        }
+    ),
+    "registry": _obj(
+        {
+            "server_id": _ID,
+            "version": {"type": "integer", "minimum": 0},
+            "issued_at": _TS,
+            "actions": {"type": "array", "maxItems": 500, "items": _NAME},
+        }
+    ),
+    "command": _obj(
+        {
+            "id": _ID,
+            "server_id": _ID,
+            "action": _NAME,
+            "params": {"type": "object"},
+            "issued_at": _TS,
+            "expires_at": _TS,
+            "nonce": _NONCE,
+        }
+    ),
     "key_rotation": _obj({"old_public_key": _KEY, "new_public_key": _KEY, "issued_at": _TS}),
     "agent_key_accepted": _obj({"server_id": _ID, "public_key": _KEY, "issued_at": _TS}),
     # either direction, unsigned; the sender closes the connection after it
-    "error": _obj({"code": {"type": "string", "maxLength": 16},
-                   "message": {"type": "string", "maxLength": 1000}}),
+    "error": _obj(
+        {
+            "code": {"type": "string", "maxLength": 16},
+            "message": {"type": "string", "maxLength": 1000},
+        }
+    ),
 }
 
 UNSIGNED = {"hello", "error"}
@@ -286,8 +348,9 @@ class Frame:
         return canonical(data).decode("utf-8")
 
 
-def make_frame(frame_type: str, body: dict[str, Any],
-               key: nacl.signing.SigningKey | None = None) -> Frame:
+def make_frame(
+    frame_type: str, body: dict[str, Any], key: nacl.signing.SigningKey | None = None
+) -> Frame:
     """Build (and sign, unless the type is unsigned) a frame; the body is validated too."""
     _check_body(frame_type, body)
     if frame_type in UNSIGNED:
@@ -348,28 +411,44 @@ def parse_frame(data: str | bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
             raise ProtocolError("FRM004", f"{frame_type} frames are not signed")
     elif not isinstance(sig, str) or len(sig) > 100:
         raise ProtocolError("FRM004", f"{frame_type} frames must carry a signature")
+    assert isinstance(body, dict)  # _check_body validated it against an object schema
     return Frame(frame_type, body, sig)
 
 
 def error_frame(code: str, message: str | None = None) -> Frame:
-    return make_frame("error", {"code": code, "message": (message or ERRORS.get(code, code))[:1000]})
+    return make_frame(
+        "error", {"code": code, "message": (message or ERRORS.get(code, code))[:1000]}
+    )
 
 
 # -- commands -------------------------------------------------------------------------
 
 
-def new_command(key: nacl.signing.SigningKey, server_id: str, action: str,
-                params: dict[str, Any], ttl_ms: int = 60_000, command_id: str | None = None,
-                issued_at: int | None = None) -> Frame:
+def new_command(
+    key: nacl.signing.SigningKey,
+    server_id: str,
+    action: str,
+    params: dict[str, Any],
+    ttl_ms: int = 60_000,
+    command_id: str | None = None,
+    issued_at: int | None = None,
+) -> Frame:
     issued = now_ms() if issued_at is None else issued_at
-    body = {"id": command_id or new_id(), "server_id": server_id, "action": action,
-            "params": params, "issued_at": issued, "expires_at": issued + ttl_ms,
-            "nonce": new_nonce()}
+    body = {
+        "id": command_id or new_id(),
+        "server_id": server_id,
+        "action": action,
+        "params": params,
+        "issued_at": issued,
+        "expires_at": issued + ttl_ms,
+        "nonce": new_nonce(),
+    }
     return make_frame("command", body, key)
 
 
-def check_freshness(body: dict[str, Any], now: int | None = None,
-                    skew_ms: int = CLOCK_SKEW_MS) -> None:
+def check_freshness(
+    body: dict[str, Any], now: int | None = None, skew_ms: int = CLOCK_SKEW_MS
+) -> None:
     """The time rules for a command (see docs/protocol.md, "Freshness")."""
     now = now_ms() if now is None else now
     issued, expires = body["issued_at"], body["expires_at"]

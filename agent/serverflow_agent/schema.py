@@ -14,9 +14,23 @@ from functools import lru_cache
 from typing import Any
 
 KNOWN = {
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-    "minLength", "maxLength", "pattern", "minimum", "maximum", "minItems", "maxItems",
-    "description", "title", "default",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "description",
+    "title",
+    "default",
 }
 TYPES = {"string", "integer", "number", "boolean", "object", "array", "null"}
 

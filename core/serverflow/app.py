@@ -28,6 +28,14 @@ class ApiOnlyOpenAPI(OpenAPIProvider):
         return (r for r in super().generate_rules() if r.rule.startswith("/api/"))
 
 
+async def _forward_events_to_plugins(cp: ControlPlane) -> None:
+    """Hand every lifecycle event to plugins' `on_event`; a failing plugin is disabled."""
+    async with cp.bus.subscribe() as queue:
+        while True:
+            event = await queue.get()
+            await cp.plugins.host.acall("on_event", event=event)
+
+
 def create_app(settings: Settings | None = None, plugins: Plugins | None = None) -> Quart:
     settings = settings or load_settings()
     keys = AppKeys(settings.secrets_dir)
@@ -49,7 +57,8 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         QUART_AUTH_DURATION=settings.session_hours * 3600,
         QUART_SCHEMA_CONVERT_CASING=False,
     )
-    app.extensions[EXTENSION] = ControlPlane(settings=settings, keys=keys, plugins=plugins)
+    cp = ControlPlane(settings=settings, keys=keys, plugins=plugins)
+    app.extensions[EXTENSION] = cp
 
     QuartAuth(app)
     QuartSchema(
@@ -64,12 +73,14 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         openapi_provider_class=ApiOnlyOpenAPI,
     )
 
+    from serverflow.agents.routes import bp as agents_bp
     from serverflow.api import bp as api_bp
     from serverflow.health import bp as health_bp
     from serverflow.web import bp as web_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(agents_bp)
     app.register_blueprint(web_bp)
     for blueprint in list(plugins.blueprints):
         try:

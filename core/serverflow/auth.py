@@ -126,8 +126,13 @@ async def authenticate() -> Principal:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def requires(role: Role) -> Callable[[F], F]:
-    """Authenticate, require at least `role`, and run the handler in the caller's tenant scope."""
+def requires(role: Role, atomic: bool = True) -> Callable[[F], F]:
+    """Authenticate, require at least `role`, and run the handler in the caller's tenant scope.
+
+    With `atomic=False` the handler runs outside any transaction and opens short
+    `scoped()` blocks itself: for handlers that wait on an agent, so no database lock is
+    held while they wait.
+    """
 
     def decorator(func: F) -> F:
         @functools.wraps(func)
@@ -137,6 +142,8 @@ def requires(role: Role) -> Callable[[F], F]:
                 raise PermissionDenied(
                     f"This needs the {role} role; you are {principal.role}.", code="AUTH004"
                 )
+            if not atomic:
+                return await func(*args, **kwargs)
             async with scoped(principal.org_id, principal.user_id):
                 return await func(*args, **kwargs)
 

@@ -44,9 +44,7 @@ def run_async(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     return wrapper
 
 
-async def _with_db(
-    settings: Settings, body: Callable[[], Awaitable[T]], migrate: bool = True
-) -> T:
+async def _with_db(settings: Settings, body: Callable[[], Awaitable[T]], migrate: bool = True) -> T:
     """Run `body` with the database open, migrated first (so a fresh install just works)."""
     if migrate:
         await db.migrate(settings.database)

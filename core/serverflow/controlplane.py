@@ -1,11 +1,13 @@
-"""The state one control-plane app carries: settings, keys, plugins. Reached via `current()`."""
+"""The state one control-plane app carries. Reached from handlers via `current()`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quart import current_app
 
+from serverflow.agents.hub import AgentHub
+from serverflow.events import EventBus
 from serverflow.keys import AppKeys
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings
@@ -18,6 +20,12 @@ class ControlPlane:
     settings: Settings
     keys: AppKeys
     plugins: Plugins
+    bus: EventBus = field(default_factory=EventBus)
+    hub: AgentHub = field(init=False)
+    tls_pin: str | None = None
+
+    def __post_init__(self) -> None:
+        self.hub = AgentHub(self.settings, self.keys.cipher, self.bus)
 
 
 def current() -> ControlPlane:

@@ -1,6 +1,6 @@
 """The error hierarchy: each error has a stable code, an HTTP status and an actionable message.
 
-Codes are part of the public API: never reuse or renumber one. `docs/errors.md` lists them.
+Codes are part of the public API: never reuse or renumber one. docs/errors.md lists them.
 """
 
 from __future__ import annotations
@@ -80,35 +80,42 @@ class AgentUnavailable(ServerFlowError):
     default_message = "The server's agent is not connected."
 
 
-# Codes that are raised with an explicit `code=`; listed here so docs and tests see them all.
-CODES: dict[str, str] = {
-    "AUTH001": "Authentication required.",
-    "AUTH002": "The API token is malformed, unknown, expired or revoked.",
-    "AUTH003": "Wrong email or password.",
-    "AUTH004": "Your role does not allow this action.",
-    "AUTH005": "Too many failed sign-in attempts; wait before trying again.",
-    "AUTH006": "The CSRF token is missing or does not match; reload the page.",
-    "VAL001": "The request body or parameters failed validation.",
-    "VAL002": "The request body is not valid JSON.",
-    "VAL003": "The request body is larger than the configured limit.",
-    "VAL004": "The request must be sent as application/json.",
-    "GEN404": "No such endpoint.",
-    "GEN405": "Method not allowed on this endpoint.",
-    "SRV001": "Server not found.",
-    "SRV002": "A server with this name already exists in the organisation.",
-    "TOK001": "API token not found.",
-    "TOK002": "A token cannot be given a role higher than its creator's.",
-    "MEM001": "Member not found.",
-    "MEM002": "The organisation must keep at least one owner.",
-    "MEM003": "No user with this email exists.",
-    "MEM004": "This user is already a member.",
-    "ORG001": "Organisation not found.",
-    "USR001": "A user with this email already exists.",
-    "USR002": "User not found.",
-    "CFG001": "The configuration is invalid.",
-    "CFG002": "A secret file has unsafe permissions.",
-    "DB001": "The database is unreachable.",
-    "DB002": "The database role is a superuser or bypasses row-level security.",
-    "AGT001": "The server's agent is not connected.",
-    "INT001": "Internal error (logged with a reference).",
+# Every code: HTTP status (or "CLI" for command-line-only errors) and meaning.
+# docs/errors.md is generated from this table (scripts/errors_doc.py).
+CODES: dict[str, tuple[int | str, str]] = {
+    "AUTH001": (401, "Authentication required."),
+    "AUTH002": (401, "The API token is malformed, unknown, expired or revoked."),
+    "AUTH003": (401, "Wrong email or password."),
+    "AUTH004": (403, "Your role does not allow this action."),
+    "AUTH005": (429, "Too many failed sign-in attempts; wait before trying again."),
+    "AUTH006": (403, "The CSRF token is missing or does not match; reload the page."),
+    "VAL001": (400, "The request body or parameters failed validation."),
+    "VAL002": (400, "The request body is not valid JSON."),
+    "VAL003": (413, "The request body is larger than the configured limit."),
+    "VAL004": (400, "The request must be sent as application/json."),
+    "GEN404": (404, "No such endpoint."),
+    "GEN405": (405, "Method not allowed on this endpoint."),
+    "SRV001": (404, "Server not found."),
+    "SRV002": (409, "A server with this name already exists in the organisation."),
+    "TOK001": (404, "API token not found."),
+    "TOK002": (403, "A token cannot be given a role higher than its creator's."),
+    "MEM001": (404, "Member not found."),
+    "MEM002": (409, "The organisation must keep at least one owner."),
+    "MEM003": (404, "No user with this email exists."),
+    "MEM004": (409, "This user is already a member."),
+    "ORG001": (404, "Organisation not found."),
+    "USR001": (409, "A user with this email already exists."),
+    "USR002": (404, "User not found."),
+    "CFG001": ("CLI", "The configuration is invalid."),
+    "CFG002": ("CLI", "A secret file has unsafe permissions."),
+    "DB001": (503, "The database is unreachable."),
+    "DB002": ("CLI", "The database role is a superuser or bypasses row-level security."),
+    "AGT001": (409, "The server's agent is not connected."),
+    "ACT001": (404, "The server's agent has no such action."),
+    "ACT002": (403, "The server's security mode does not allow this kind of action."),
+    "ACT003": (400, "The action's parameters do not match its schema."),
+    "CMD404": (404, "Command not found."),
+    "INS001": (401, "The install token is invalid, expired or already used."),
+    "KEY001": ("CLI", "No signing key to rotate, or the rotation failed."),
+    "INT001": (500, "Internal error (logged with a reference)."),
 }

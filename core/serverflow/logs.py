@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 # API tokens, session cookies, Authorization headers and password fields.
 _PATTERNS = [
-    (re.compile(r"sf_[0-9a-f]{32}_[A-Za-z0-9_\-]{16,}"), "sf_********"),
+    (re.compile(r"(sfi?_)[0-9a-f]{32}_[A-Za-z0-9_\-]{16,}"), r"\1********"),
     (re.compile(r"(?i)(authorization:?\s*(?:bearer|basic)\s+)\S+"), r"\1********"),
     (
         re.compile(

@@ -155,6 +155,14 @@ class ServerStatus(enum.StrEnum):
     OFFLINE = "offline"
 
 
+class SecurityMode(enum.StrEnum):
+    """Which kinds of agent actions the organisation lets this server run."""
+
+    FULL = "full"  # read, change and destructive
+    STANDARD = "standard"  # read and change
+    READ_ONLY = "read-only"
+
+
 class Server(TenantModel):
     """A machine that runs (or will run) the agent."""
 
@@ -164,6 +172,18 @@ class Server(TenantModel):
     status = fields.CharEnumField(ServerStatus, max_length=16, default=ServerStatus.PENDING)
     created_at = fields.DatetimeField(auto_now_add=True)
     last_seen_at = fields.DatetimeField(null=True)
+    security_mode = fields.CharEnumField(SecurityMode, max_length=16, default=SecurityMode.FULL)
+    # One-time install token: SHA-256 of it, its expiry, and when it was used.
+    install_token_hash = fields.CharField(max_length=64, null=True, unique=True)
+    install_token_expires_at = fields.DatetimeField(null=True)
+    registered_at = fields.DatetimeField(null=True)
+    agent_public_key = fields.CharField(max_length=64, null=True)
+    agent_version = fields.CharField(max_length=40, default="")
+    hostname = fields.CharField(max_length=255, default="")
+    # The actions the agent reported at its last handshake (name, kind, schema...).
+    inventory: Any = fields.JSONField(null=True)
+    registry_version = fields.IntField(default=0)
+    metrics: Any = fields.JSONField(null=True)
 
     class Meta:
         table = "servers"
@@ -171,4 +191,99 @@ class Server(TenantModel):
         manager = TenantManager()
 
 
-TENANT_MODELS: tuple[type[TenantModel], ...] = (Membership, ApiToken, Server)
+class CommandStatus(enum.StrEnum):
+    SENT = "sent"
+    OK = "ok"
+    ERROR = "error"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    UNDELIVERED = "undelivered"
+
+
+class Command(TenantModel):
+    """A signed command sent to an agent, and the signed result it reported."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    server: fields.ForeignKeyRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, on_delete=fields.CASCADE
+    )
+    server_id: uuid.UUID
+    action = fields.CharField(max_length=100)
+    kind = fields.CharField(max_length=16)
+    params: Any = fields.JSONField(default=dict)
+    issued_by = fields.CharField(max_length=300)
+    issued_at = fields.BigIntField()
+    expires_at = fields.BigIntField()
+    nonce = fields.CharField(max_length=64)
+    signing_key_id = fields.CharField(max_length=16)
+    status = fields.CharEnumField(CommandStatus, max_length=16, default=CommandStatus.SENT)
+    code = fields.CharField(max_length=16, null=True)
+    message = fields.TextField(null=True)
+    output: Any = fields.JSONField(null=True)
+    result_signature = fields.CharField(max_length=100, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "commands"
+        manager = TenantManager()
+
+
+class Heartbeat(TenantModel):
+    """Metrics an agent reported; a bounded history per server."""
+
+    id = fields.BigIntField(primary_key=True)
+    server: fields.ForeignKeyRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, on_delete=fields.CASCADE
+    )
+    server_id: uuid.UUID
+    at = fields.DatetimeField(db_index=True)
+    metrics: Any = fields.JSONField()
+
+    class Meta:
+        table = "heartbeats"
+        manager = TenantManager()
+
+
+class Event(TenantModel):
+    """Something that happened: a server came online or went offline, an agent registered..."""
+
+    id = fields.BigIntField(primary_key=True)
+    server: fields.ForeignKeyNullableRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, null=True, on_delete=fields.CASCADE
+    )
+    server_id: uuid.UUID | None
+    kind = fields.CharField(max_length=64)
+    data: Any = fields.JSONField(default=dict)
+    at = fields.DatetimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        table = "events"
+        manager = TenantManager()
+
+
+class SigningKey(Model):
+    """The control plane's Ed25519 signing keys; the newest unretired one signs."""
+
+    id = fields.IntField(primary_key=True)
+    public_key = fields.CharField(max_length=64, unique=True)
+    private_key = fields.TextField()  # encrypted with the data directory's key
+    previous_public_key = fields.CharField(max_length=64, null=True)
+    # key_rotation frame body + signature by the previous key, replayed to late agents.
+    announcement: Any = fields.JSONField(null=True)
+    announcement_sig = fields.CharField(max_length=100, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    retired_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "signing_keys"
+
+
+TENANT_MODELS: tuple[type[TenantModel], ...] = (
+    Membership,
+    ApiToken,
+    Server,
+    Command,
+    Heartbeat,
+    Event,
+)

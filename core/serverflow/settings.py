@@ -38,6 +38,10 @@ class Settings(BaseModel):
     login_max_failures: int = Field(default=5, ge=1)
     login_window_minutes: int = Field(default=15, ge=1)
     disabled_plugins: tuple[str, ...] = ()
+    heartbeat_interval_ms: int = Field(default=5000, ge=100, le=600_000)
+    offline_after_missed: int = Field(default=3, ge=1)
+    heartbeat_history: int = Field(default=720, ge=1)
+    install_token_minutes: int = Field(default=60, ge=1)
     config_file: Path | None = None
 
     @field_validator("log_level", mode="before")

@@ -13,7 +13,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-_TOKEN = re.compile(r"^sf_([0-9a-f]{32})_([A-Za-z0-9_\-]{43})$")
+_TOKEN = re.compile(r"^(sf|sfi)_([0-9a-f]{32})_([A-Za-z0-9_\-]{43})$")
+API_PREFIX = "sf"
+INSTALL_PREFIX = "sfi"  # one-time agent install tokens
 
 
 @dataclass(frozen=True)
@@ -27,16 +29,18 @@ def hash_token(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def new_token(org_id: uuid.UUID) -> NewToken:
+def new_token(org_id: uuid.UUID, prefix: str = API_PREFIX) -> NewToken:
     secret = secrets.token_urlsafe(32)
-    value = f"sf_{org_id.hex}_{secret}"
+    value = f"{prefix}_{org_id.hex}_{secret}"
     return NewToken(value=value, token_hash=hash_token(value), prefix=secret[:6])
 
 
-def token_org(value: str) -> uuid.UUID | None:
+def token_org(value: str, prefix: str = API_PREFIX) -> uuid.UUID | None:
     """The organisation a well-formed token claims, or None if the token is malformed."""
     match = _TOKEN.match(value)
-    return uuid.UUID(match.group(1)) if match else None
+    if not match or match.group(1) != prefix:
+        return None
+    return uuid.UUID(match.group(2))
 
 
 def new_session_token() -> tuple[str, str]:

@@ -1,31 +1,42 @@
-"""Servers: the machines an organisation manages."""
+"""Servers: the machines an organisation manages, their agents, actions and metrics."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from pydantic import Field
-from quart_schema import validate_request, validate_response
+from pydantic import BaseModel, Field
+from quart_schema import validate_querystring, validate_request, validate_response
 from tortoise.exceptions import IntegrityError
 
+from serverflow.agents.install import install_command, new_install_token
+from serverflow.agents.registry import KINDS_ALLOWED, allowed_actions, inventory_entry
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
-from serverflow.auth import requires
-from serverflow.errors import Conflict, NotFound
-from serverflow.models import Role, Server
+from serverflow.auth import principal, requires
+from serverflow.controlplane import current
+from serverflow.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from serverflow.models import Command, Event, Heartbeat, Role, SecurityMode, Server
+from serverflow.tenancy import scoped
+from serverflow_agent.schema import SchemaError, validate
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ModeName = Literal["full", "standard", "read-only"]
+# Who may run an action of each kind.
+ROLE_FOR_KIND = {"read": Role.VIEWER, "change": Role.MEMBER, "destructive": Role.ADMIN}
 
 
 class ServerIn(Input):
     name: str = Field(pattern=NAME, description="DNS-label style: a-z, 0-9, '-'")
     description: str = Field(default="", max_length=500)
+    security_mode: ModeName = "full"
 
 
 class ServerPatch(Input):
     name: str | None = Field(default=None, pattern=NAME)
     description: str | None = Field(default=None, max_length=500)
+    security_mode: ModeName | None = None
 
 
 class ServerOut(Output):
@@ -33,12 +44,91 @@ class ServerOut(Output):
     name: str
     description: str
     status: str
+    security_mode: str
     created_at: datetime
     last_seen_at: datetime | None
+    registered_at: datetime | None
+    hostname: str
+    agent_version: str
+    metrics: dict[str, Any] | None
+
+
+class InstallOut(Output):
+    token: str = Field(description="One-time install token; shown only in this response.")
+    expires_at: datetime
+    command: str
+
+
+class ServerCreatedOut(ServerOut):
+    install: InstallOut
 
 
 class ServerList(Output):
     servers: list[ServerOut]
+
+
+class ActionOut(BaseModel):
+    name: str
+    kind: str
+    description: str
+    params_schema: dict[str, Any]
+    timeout: float
+    memory_limit_mb: int
+
+
+class ActionList(BaseModel):
+    server: str
+    security_mode: str
+    actions: list[ActionOut]
+
+
+class RunIn(Input):
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandOut(Output):
+    id: uuid.UUID
+    server_id: uuid.UUID
+    action: str
+    kind: str
+    params: dict[str, Any]
+    issued_by: str
+    status: str
+    code: str | None
+    message: str | None
+    output: Any = None
+    signing_key_id: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class CommandList(Output):
+    commands: list[CommandOut]
+
+
+class HeartbeatOut(Output):
+    at: datetime
+    metrics: dict[str, Any]
+
+
+class HeartbeatList(Output):
+    heartbeats: list[HeartbeatOut]
+
+
+class EventOut(Output):
+    id: int
+    kind: str
+    server_id: uuid.UUID | None
+    data: dict[str, Any]
+    at: datetime
+
+
+class EventList(Output):
+    events: list[EventOut]
+
+
+class Limit(BaseModel):
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 async def get_server(server_id: str) -> Server:
@@ -56,6 +146,18 @@ async def _check_name_free(name: str, exclude: uuid.UUID | None = None) -> None:
         raise Conflict(f"a server named {name!r} already exists", code="SRV002")
 
 
+async def _new_install_token(server: Server) -> InstallOut:
+    cp = current()
+    value, digest = new_install_token(server.organization_id)
+    expires = datetime.now(UTC) + timedelta(minutes=cp.settings.install_token_minutes)
+    server.install_token_hash = digest
+    server.install_token_expires_at = expires
+    await server.save(update_fields=["install_token_hash", "install_token_expires_at"])
+    return InstallOut(
+        token=value, expires_at=expires, command=install_command(cp.settings.base_url, value)
+    )
+
+
 @bp.get("/servers")
 @requires(Role.VIEWER)
 @validate_response(ServerList)
@@ -67,15 +169,22 @@ async def list_servers() -> ServerList:
 @bp.post("/servers")
 @requires(Role.MEMBER)
 @validate_request(ServerIn)
-@validate_response(ServerOut, 201)
+@validate_response(ServerCreatedOut, 201)
 @validate_response(ErrorOut, 409)
-async def create_server(data: ServerIn) -> tuple[ServerOut, int]:
+async def create_server(data: ServerIn) -> tuple[ServerCreatedOut, int]:
+    """Create a server and a one-time install token for its agent (valid one hour)."""
     await _check_name_free(data.name)
     try:
-        server = await Server.create(name=data.name, description=data.description)
+        server = await Server.create(
+            name=data.name,
+            description=data.description,
+            security_mode=SecurityMode(data.security_mode),
+        )
     except IntegrityError as exc:
         raise Conflict(f"a server named {data.name!r} already exists", code="SRV002") from exc
-    return ServerOut.model_validate(server), 201
+    install = await _new_install_token(server)
+    out = ServerCreatedOut(**ServerOut.model_validate(server).model_dump(), install=install)
+    return out, 201
 
 
 @bp.get("/servers/<server_id>")
@@ -98,7 +207,16 @@ async def update_server(server_id: str, data: ServerPatch) -> ServerOut:
         server.name = data.name
     if data.description is not None:
         server.description = data.description
+    mode = SecurityMode(data.security_mode) if data.security_mode is not None else None
+    mode_changed = mode is not None and mode != server.security_mode
+    if mode is not None and mode_changed:
+        if not principal().can(Role.ADMIN):
+            raise PermissionDenied("Changing a server's security mode needs the admin role.")
+        server.security_mode = mode
+        server.registry_version += 1
     await server.save()
+    if mode_changed:
+        await current().hub.push_registry(server)
     return ServerOut.model_validate(server)
 
 
@@ -109,3 +227,108 @@ async def delete_server(server_id: str) -> tuple[str, int]:
     server = await get_server(server_id)
     await server.delete()
     return "", 204
+
+
+@bp.post("/servers/<server_id>/install-token")
+@requires(Role.ADMIN)
+@validate_response(InstallOut, 201)
+@validate_response(ErrorOut, 404)
+async def create_install_token(server_id: str) -> tuple[InstallOut, int]:
+    """A new one-time install token; registering with it replaces the server's agent key."""
+    return await _new_install_token(await get_server(server_id)), 201
+
+
+@bp.get("/servers/<server_id>/actions")
+@requires(Role.VIEWER)
+@validate_response(ActionList)
+@validate_response(ErrorOut, 404)
+async def list_actions(server_id: str) -> ActionList:
+    """The actions this server may run: its agent's actions allowed by the security mode."""
+    server = await get_server(server_id)
+    return ActionList(
+        server=server.name,
+        security_mode=server.security_mode,
+        actions=[ActionOut(**a) for a in allowed_actions(server)],
+    )
+
+
+@bp.post("/servers/<server_id>/actions/<action>")
+@requires(Role.VIEWER, atomic=False)
+@validate_request(RunIn)
+@validate_response(CommandOut)
+@validate_response(ErrorOut, 404)
+async def run_action(server_id: str, action: str, data: RunIn) -> CommandOut:
+    """Send a signed command to the server's agent and wait for its signed result."""
+    caller = principal()
+    async with scoped(caller.org_id):
+        server = await get_server(server_id)
+    spec = inventory_entry(server, action)
+    if spec is None:
+        raise NotFound(f"the agent of {server.name} has no action {action!r}", code="ACT001")
+    if spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
+        raise PermissionDenied(
+            f"{server.name} is in {server.security_mode} mode: "
+            f"{spec['kind']} actions are not allowed",
+            code="ACT002",
+        )
+    needed = ROLE_FOR_KIND[spec["kind"]]
+    if not caller.can(needed):
+        raise PermissionDenied(f"{spec['kind']} actions need the {needed} role", code="AUTH004")
+    try:
+        validate(data.params, spec["params_schema"])
+    except SchemaError as exc:
+        raise InvalidInput(
+            f"invalid params for {action}: {exc}",
+            code="ACT003",
+            details=[{"field": exc.path, "problem": exc.problem}],
+        ) from exc
+    command = await current().hub.run(
+        caller.org_id,
+        server,
+        action,
+        spec["kind"],
+        data.params,
+        caller.label,
+        timeout_s=float(spec["timeout"]) + 15,
+    )
+    return CommandOut.model_validate(command)
+
+
+@bp.get("/servers/<server_id>/commands")
+@requires(Role.VIEWER)
+@validate_querystring(Limit)
+@validate_response(CommandList)
+async def list_commands(server_id: str, query_args: Limit) -> CommandList:
+    server = await get_server(server_id)
+    rows = await Command.filter(server_id=server.id).order_by("-created_at").limit(query_args.limit)
+    return CommandList(commands=[CommandOut.model_validate(c) for c in rows])
+
+
+@bp.get("/servers/<server_id>/heartbeats")
+@requires(Role.VIEWER)
+@validate_querystring(Limit)
+@validate_response(HeartbeatList)
+async def list_heartbeats(server_id: str, query_args: Limit) -> HeartbeatList:
+    server = await get_server(server_id)
+    rows = await Heartbeat.filter(server_id=server.id).order_by("-id").limit(query_args.limit)
+    return HeartbeatList(heartbeats=[HeartbeatOut.model_validate(h) for h in rows])
+
+
+@bp.get("/commands/<command_id>")
+@requires(Role.VIEWER)
+@validate_response(CommandOut)
+@validate_response(ErrorOut, 404)
+async def read_command(command_id: str) -> CommandOut:
+    command = await Command.get_or_none(id=parse_id(command_id, "CMD404", "command"))
+    if command is None:
+        raise NotFound(f"command {command_id} not found", code="CMD404")
+    return CommandOut.model_validate(command)
+
+
+@bp.get("/events")
+@requires(Role.VIEWER)
+@validate_querystring(Limit)
+@validate_response(EventList)
+async def list_events(query_args: Limit) -> EventList:
+    rows = await Event.all().order_by("-id").limit(query_args.limit)
+    return EventList(events=[EventOut.model_validate(e) for e in rows])

@@ -1,0 +1,575 @@
+"""Connected agents: handshake, signed frames in both directions, heartbeats, presence.
+
+One hub per control-plane process. Every frame an agent sends is verified with that
+server's agent key; every frame sent to an agent is signed with the current control-plane
+key. Database work happens in short scoped transactions, never while waiting on an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from serverflow import signing
+from serverflow.agents.registry import registry_body
+from serverflow.errors import AgentUnavailable
+from serverflow.events import EventBus, record
+from serverflow.keys import Cipher
+from serverflow.models import (
+    Command,
+    CommandStatus,
+    Heartbeat,
+    Organization,
+    Server,
+    ServerStatus,
+)
+from serverflow.settings import Settings
+from serverflow.tenancy import scoped
+from serverflow_agent import protocol
+from serverflow_agent.protocol import Frame, ProtocolError
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_POLICY = 1008  # WebSocket close code: policy violation
+CLOSE_TOO_BIG = 1009
+
+
+class Transport(Protocol):
+    """What the hub needs from a WebSocket (Quart's `websocket` fits)."""
+
+    async def receive(self) -> str | bytes: ...
+    async def send(self, data: str) -> None: ...
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
+@dataclass(eq=False)
+class AgentSession:
+    server_id: uuid.UUID
+    org_id: uuid.UUID
+    session_id: str
+    public_key: str
+    transport: Transport
+    outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(1000))
+    last_seq: int = -1
+    last_heard: float = field(default_factory=time.monotonic)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Beat:
+    org_id: uuid.UUID
+    server_id: uuid.UUID
+    at: datetime
+    metrics: dict[str, Any]
+
+
+class AgentHub:
+    def __init__(self, settings: Settings, cipher: Cipher, bus: EventBus) -> None:
+        self.settings = settings
+        self.cipher = cipher
+        self.bus = bus
+        self.sessions: dict[uuid.UUID, AgentSession] = {}
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._beats: list[_Beat] = []
+        self._key: signing.ActiveKey | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def interval_ms(self) -> int:
+        return self.settings.heartbeat_interval_ms
+
+    @property
+    def key(self) -> signing.ActiveKey:
+        if self._key is None:
+            raise RuntimeError("agent hub not started")
+        return self._key
+
+    async def start(self) -> None:
+        self._key = await signing.current_key(self.cipher)
+        log.info("control-plane signing key %s", self._key.key_id)
+        await self._sweep_database(startup=True)
+        for loop in (self._flush_loop, self._presence_loop, self._key_loop, self._prune_loop):
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for session in list(self.sessions.values()):
+            await self._close(session, 1001, "control plane shutting down")
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- connection ----------------------------------------------------------------
+
+    async def serve(self, transport: Transport) -> None:
+        """Run one agent connection from handshake to disconnect."""
+        try:
+            session = await asyncio.wait_for(self._handshake(transport), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            await self._refuse(transport, ProtocolError("AUT004"))
+            return
+        except ProtocolError as exc:
+            await self._refuse(transport, exc)
+            return
+        writer = asyncio.create_task(self._write(session))
+        try:
+            while True:
+                data = await transport.receive()
+                session.last_heard = time.monotonic()
+                await self._handle(session, protocol.parse_frame(data))
+        except ProtocolError as exc:
+            log.warning(
+                "agent %s: %s %s; closing",
+                session.server_id,
+                exc.code,
+                exc.message,
+                extra={"code": exc.code},
+            )
+            await self._refuse(transport, exc)
+        finally:
+            writer.cancel()
+            session.closed.set()
+            # The handler task may be cancelled (client went away): finish in the background.
+            self._spawn(self._gone(session))
+
+    async def _refuse(self, transport: Transport, exc: ProtocolError) -> None:
+        log.warning(
+            "agent connection refused: %s %s", exc.code, exc.message, extra={"code": exc.code}
+        )
+        try:
+            await transport.send(protocol.error_frame(exc.code, exc.message).encode())
+            await transport.close(CLOSE_TOO_BIG if exc.code == "FRM001" else CLOSE_POLICY, exc.code)
+        except Exception:
+            log.debug("could not send the error frame", exc_info=True)
+
+    async def _close(self, session: AgentSession, code: int, reason: str) -> None:
+        try:
+            await session.transport.close(code, reason)
+        except Exception:
+            log.debug("close failed", exc_info=True)
+
+    async def _write(self, session: AgentSession) -> None:
+        while True:
+            data = await session.outbox.get()
+            await session.transport.send(data)
+
+    async def _receive(self, transport: Transport, expected: str) -> Frame:
+        frame = protocol.parse_frame(await transport.receive())
+        if frame.type == "error":
+            raise ProtocolError(str(frame.body["code"]), f"agent said: {frame.body['message']}")
+        if frame.type != expected:
+            raise ProtocolError("FRM005", f"expected {expected}, got {frame.type}")
+        return frame
+
+    async def _handshake(self, transport: Transport) -> AgentSession:
+        hello = (await self._receive(transport, "hello")).body
+        if hello["protocol"] != protocol.PROTOCOL_VERSION:
+            raise ProtocolError("AUT005", f"protocol {hello['protocol']} is not supported")
+        try:
+            org_id, server_id = uuid.UUID(hello["org_id"]), uuid.UUID(hello["server_id"])
+        except ValueError:
+            raise ProtocolError("AUT001") from None
+        async with scoped(org_id):
+            server = await Server.get_or_none(id=server_id)
+        if server is None or not server.agent_public_key:
+            raise ProtocolError("AUT001")
+        if hello["public_key"] != server.agent_public_key:
+            raise ProtocolError("AUT002")
+        key = self.key
+        if hello["control_plane_key"] != key.public_key:
+            chain = await signing.chain_from(hello["control_plane_key"])
+            if chain is None:
+                raise ProtocolError("KEY001", "the agent pinned a key this control plane never had")
+            for announcement in chain:
+                await transport.send(announcement.encode())
+        session_id, nonce = protocol.new_id(), protocol.new_nonce()
+        challenge = {
+            "server_id": str(server_id),
+            "session_id": session_id,
+            "nonce": nonce,
+            "issued_at": protocol.now_ms(),
+        }
+        await transport.send(protocol.make_frame("challenge", challenge, key.key).encode())
+        auth = await self._receive(transport, "auth")
+        try:
+            protocol.verify(server.agent_public_key, "auth", auth.body, auth.sig)
+        except ProtocolError:
+            raise ProtocolError("AUT003") from None
+        if (auth.body["session_id"], auth.body["nonce"], auth.body["server_id"]) != (
+            session_id,
+            nonce,
+            str(server_id),
+        ):
+            raise ProtocolError("AUT003", "the response does not answer this challenge")
+
+        now = datetime.now(UTC)
+        async with scoped(org_id):
+            server = await Server.get(id=server_id)
+            was = server.status
+            server.inventory = auth.body["actions"]
+            server.agent_version = hello["agent_version"]
+            server.registry_version += 1
+            server.status = ServerStatus.ONLINE
+            server.last_seen_at = now
+            await server.save(
+                update_fields=[
+                    "inventory",
+                    "agent_version",
+                    "registry_version",
+                    "status",
+                    "last_seen_at",
+                ]
+            )
+        session = AgentSession(
+            server_id=server_id,
+            org_id=org_id,
+            session_id=session_id,
+            public_key=server.agent_public_key or "",
+            transport=transport,
+        )
+        authorized = {
+            "server_id": str(server_id),
+            "session_id": session_id,
+            "issued_at": protocol.now_ms(),
+            "heartbeat_interval_ms": self.interval_ms,
+        }
+        await transport.send(protocol.make_frame("authorized", authorized, key.key).encode())
+        await transport.send(self._registry_frame(server).encode())
+        previous = self.sessions.get(server_id)
+        self.sessions[server_id] = session
+        if previous is not None:
+            await self._close(previous, CLOSE_POLICY, "replaced by a newer connection")
+        log.info(
+            "agent %s (%s) authorized, session %s, %d actions",
+            server.name,
+            server_id,
+            session_id,
+            len(server.inventory),
+        )
+        if was != ServerStatus.ONLINE:
+            await record(
+                self.bus,
+                "server.online",
+                org_id,
+                server_id,
+                {"name": server.name, "agent_version": server.agent_version},
+            )
+        return session
+
+    def _registry_frame(self, server: Server) -> Frame:
+        return protocol.make_frame(
+            "registry", registry_body(server, protocol.now_ms()), self.key.key
+        )
+
+    async def _gone(self, session: AgentSession) -> None:
+        if self.sessions.get(session.server_id) is not session:
+            return  # replaced by a newer connection: still online
+        del self.sessions[session.server_id]
+        async with scoped(session.org_id):
+            server = await Server.get_or_none(id=session.server_id)
+            if server is None:
+                return
+            await Server.filter(id=server.id).update(status=ServerStatus.OFFLINE)
+        log.info("agent %s disconnected", session.server_id)
+        await record(
+            self.bus,
+            "server.offline",
+            session.org_id,
+            session.server_id,
+            {"name": server.name, "reason": "disconnected"},
+        )
+
+    # -- frames from agents --------------------------------------------------------
+
+    async def _handle(self, session: AgentSession, frame: Frame) -> None:
+        if frame.type == "error":
+            raise ProtocolError(str(frame.body["code"]), f"agent said: {frame.body['message']}")
+        if frame.type not in {"heartbeat", "result", "event", "agent_key"}:
+            raise ProtocolError("FRM005", f"agents do not send {frame.type} frames")
+        protocol.verify(session.public_key, frame.type, frame.body, frame.sig)
+        if frame.body["server_id"] != str(session.server_id):
+            raise ProtocolError("CMD002", "frame names another server")
+        if frame.type == "heartbeat":
+            self._heartbeat(session, frame.body)
+        elif frame.type == "result":
+            await self._result(session, frame)
+        elif frame.type == "event":
+            await record(
+                self.bus,
+                f"agent.{frame.body['kind']}",
+                session.org_id,
+                session.server_id,
+                frame.body["data"],
+            )
+        else:
+            await self._agent_key(session, frame.body)
+
+    def _heartbeat(self, session: AgentSession, body: dict[str, Any]) -> None:
+        if body["seq"] <= session.last_seq:
+            log.warning("agent %s: stale heartbeat seq %s", session.server_id, body["seq"])
+            return
+        session.last_seq = body["seq"]
+        self._beats.append(
+            _Beat(session.org_id, session.server_id, datetime.now(UTC), body["metrics"])
+        )
+
+    async def _result(self, session: AgentSession, frame: Frame) -> None:
+        body = frame.body
+        try:
+            command_id = uuid.UUID(body["command_id"])
+        except ValueError:
+            log.warning(
+                "agent %s refused an unparseable command: %s %s",
+                session.server_id,
+                body.get("code"),
+                body.get("message"),
+            )
+            return
+        async with scoped(session.org_id):
+            updated = await Command.filter(
+                id=command_id,
+                server_id=session.server_id,
+                status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT],
+            ).update(
+                status=CommandStatus(body["status"]),
+                code=body.get("code"),
+                message=body.get("message"),
+                output=body.get("output"),
+                result_signature=frame.sig,
+                finished_at=datetime.now(UTC),
+            )
+        if not updated:
+            log.warning(
+                "agent %s reported a result for unknown command %s", session.server_id, command_id
+            )
+        waiter = self._waiters.get(str(command_id))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _agent_key(self, session: AgentSession, body: dict[str, Any]) -> None:
+        if body["old_public_key"] != session.public_key:
+            raise ProtocolError("KEY001", "old_public_key is not this agent's key")
+        proof = {
+            "server_id": body["server_id"],
+            "new_public_key": body["new_public_key"],
+            "issued_at": body["issued_at"],
+        }
+        try:
+            protocol.verify(body["new_public_key"], "agent_key_proof", proof, body["proof"])
+        except ProtocolError:
+            raise ProtocolError(
+                "KEY001", "the new key's proof of possession does not verify"
+            ) from None
+        if abs(protocol.now_ms() - body["issued_at"]) > protocol.CLOCK_SKEW_MS:
+            raise ProtocolError("KEY001", "key rotation request is not fresh")
+        async with scoped(session.org_id):
+            await Server.filter(id=session.server_id).update(
+                agent_public_key=body["new_public_key"]
+            )
+        session.public_key = body["new_public_key"]
+        accepted = {
+            "server_id": str(session.server_id),
+            "public_key": body["new_public_key"],
+            "issued_at": protocol.now_ms(),
+        }
+        await session.outbox.put(
+            protocol.make_frame("agent_key_accepted", accepted, self.key.key).encode()
+        )
+        await record(
+            self.bus,
+            "agent.key_rotated",
+            session.org_id,
+            session.server_id,
+            {"key_id": protocol.key_id(body["new_public_key"])},
+        )
+
+    # -- commands ------------------------------------------------------------------
+
+    async def run(
+        self,
+        org_id: uuid.UUID,
+        server: Server,
+        action: str,
+        kind: str,
+        params: dict[str, Any],
+        issued_by: str,
+        timeout_s: float,
+    ) -> Command:
+        """Send a signed command and wait for its signed result (or the timeout)."""
+        session = self.sessions.get(server.id)
+        if session is None:
+            raise AgentUnavailable(f"the agent of {server.name} is not connected")
+        key = self.key
+        frame = protocol.new_command(key.key, str(server.id), action, params)
+        body = frame.body
+        async with scoped(org_id):
+            await Command.create(
+                id=uuid.UUID(body["id"]),
+                server_id=server.id,
+                action=action,
+                kind=kind,
+                params=params,
+                issued_by=issued_by,
+                issued_at=body["issued_at"],
+                expires_at=body["expires_at"],
+                nonce=body["nonce"],
+                signing_key_id=key.key_id,
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[body["id"]] = waiter
+        try:
+            try:
+                session.outbox.put_nowait(frame.encode())
+            except asyncio.QueueFull:
+                raise AgentUnavailable(f"the agent of {server.name} is not keeping up") from None
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            async with scoped(org_id):
+                await Command.filter(id=body["id"], status=CommandStatus.SENT).update(
+                    status=CommandStatus.TIMEOUT, message=f"no result within {timeout_s:.0f} s"
+                )
+        finally:
+            self._waiters.pop(body["id"], None)
+        async with scoped(org_id):
+            return await Command.get(id=body["id"])
+
+    async def push_registry(self, server: Server) -> None:
+        """Send a new signed registry (after the security mode changed)."""
+        session = self.sessions.get(server.id)
+        if session is not None:
+            await session.outbox.put(self._registry_frame(server).encode())
+
+    # -- background loops ----------------------------------------------------------
+
+    async def _flush(self) -> None:
+        beats, self._beats = self._beats, []
+        by_org: dict[uuid.UUID, list[_Beat]] = defaultdict(list)
+        for beat in beats:
+            by_org[beat.org_id].append(beat)
+        for org_id, group in by_org.items():
+            latest: dict[uuid.UUID, _Beat] = {b.server_id: b for b in group}
+            async with scoped(org_id):
+                await Heartbeat.bulk_create(
+                    [
+                        Heartbeat(
+                            organization_id=org_id,
+                            server_id=b.server_id,
+                            at=b.at,
+                            metrics=b.metrics,
+                        )
+                        for b in group
+                    ]
+                )
+                for server_id, beat in latest.items():
+                    await Server.filter(id=server_id).update(
+                        last_seen_at=beat.at, metrics=beat.metrics, status=ServerStatus.ONLINE
+                    )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("storing heartbeats failed")
+
+    async def _presence_loop(self) -> None:
+        """Close connections that stopped heartbeating; sweep the database now and then."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(1)
+            limit = self.interval_ms * self.settings.offline_after_missed / 1000
+            for session in list(self.sessions.values()):
+                if time.monotonic() - session.last_heard > limit:
+                    log.warning(
+                        "agent %s missed %d heartbeats; closing",
+                        session.server_id,
+                        self.settings.offline_after_missed,
+                    )
+                    await self._close(session, CLOSE_POLICY, "missed heartbeats")
+                    self._spawn(self._gone(session))
+            ticks += 1
+            if ticks % 30 == 0:
+                try:
+                    await self._sweep_database()
+                except Exception:
+                    log.exception("presence sweep failed")
+
+    async def _sweep_database(self, startup: bool = False) -> None:
+        """Mark offline the servers no instance has heard from (e.g. after a crash)."""
+        cutoff = datetime.now(UTC) - timedelta(
+            milliseconds=self.interval_ms * self.settings.offline_after_missed
+        )
+        for org in await Organization.all():
+            async with scoped(org.id):
+                stale = await Server.filter(
+                    status=ServerStatus.ONLINE, last_seen_at__lt=cutoff
+                ).exclude(id__in=list(self.sessions))
+                for server in stale:
+                    await Server.filter(id=server.id).update(status=ServerStatus.OFFLINE)
+            for server in stale:
+                await record(
+                    self.bus,
+                    "server.offline",
+                    org.id,
+                    server.id,
+                    {"name": server.name, "reason": "no heartbeat"},
+                )
+
+    async def _key_loop(self) -> None:
+        """Notice a rotation (made by `serverflow keys rotate`) and announce it to agents."""
+        while True:
+            await asyncio.sleep(1)
+            try:
+                latest = await signing.current_public_key()
+                if latest is None or latest == self.key.public_key:
+                    continue
+                old = self.key.public_key
+                chain = await signing.chain_from(old) or []
+                self._key = await signing.current_key(self.cipher)
+                log.info(
+                    "signing key rotated to %s; announcing to %d agents",
+                    self._key.key_id,
+                    len(self.sessions),
+                )
+                for session in list(self.sessions.values()):
+                    for frame in chain:
+                        await session.outbox.put(frame.encode())
+            except Exception:
+                log.exception("key rotation check failed")
+
+    async def _prune_loop(self) -> None:
+        """Keep a bounded heartbeat history per server."""
+        keep = self.settings.heartbeat_history
+        while True:
+            await asyncio.sleep(60)
+            try:
+                for org in await Organization.all():
+                    async with scoped(org.id):
+                        for server in await Server.all().only("id"):
+                            ids = (
+                                await Heartbeat.filter(server_id=server.id)
+                                .order_by("-id")
+                                .offset(keep)
+                                .limit(1)
+                                .values_list("id", flat=True)
+                            )
+                            if ids:
+                                await Heartbeat.filter(server_id=server.id, id__lte=ids[0]).delete()
+            except Exception:
+                log.exception("pruning heartbeats failed")
