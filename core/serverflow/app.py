@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -92,18 +93,25 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
             )
     register_error_handlers(app)
 
+    background: list[asyncio.Task[None]] = []
+
     @app.before_serving
-    async def _open_database() -> None:
+    async def _start() -> None:
         await db.init_orm(settings.database)
-        log.info(
-            "serverflow %s ready on %s (database: %s)",
-            __version__,
-            settings.base_url,
-            settings.dialect,
-        )
+        try:
+            await cp.hub.start()
+        except BaseException:
+            await db.close_orm()  # an open SQLite thread would keep the process alive
+            raise
+        background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
+        log.info("serverflow %s ready on %s (database: %s)", __version__, settings.base_url,
+                 settings.dialect)
 
     @app.after_serving
-    async def _close_database() -> None:
+    async def _stop() -> None:
+        for task in background:
+            task.cancel()
+        await cp.hub.stop()
         await db.close_orm()
 
     return app

@@ -126,6 +126,7 @@ def up(host: str | None, port: int | None) -> None:
 def serve(settings: Settings) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
+    from hypercorn.utils import LifespanFailureError
 
     from serverflow.app import create_app
 
@@ -137,7 +138,11 @@ def serve(settings: Settings) -> None:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
     config.graceful_timeout = 5
-    asyncio.run(hypercorn_serve(app, config))
+    config.websocket_max_message_size = 2 * 1024 * 1024  # larger frames: FRM001 from us
+    try:
+        asyncio.run(hypercorn_serve(app, config))
+    except LifespanFailureError as exc:
+        raise click.ClickException(f"the control plane failed to start: {exc}") from exc
 
 
 @main.group()
@@ -285,6 +290,210 @@ def plugins_list(as_json: bool) -> None:
             click.echo(f"    provides: {provides}")
         if row["error"]:
             click.echo(f"    error: {row['error']}")
+
+
+# -- remote commands (through the REST API of a running control plane) ---------------
+
+url_option = click.option(
+    "--url", default=None, help="Control plane URL (default: SERVERFLOW_URL or this machine's)."
+)
+token_option = click.option("--token", default=None, help="API token (default: SERVERFLOW_TOKEN).")
+
+
+def _client(url: str | None, token: str | None) -> Any:
+    from serverflow.client import ApiClient
+
+    return ApiClient.from_env(url, token, _settings().base_url)
+
+
+def _remote(func: Callable[..., None]) -> Callable[..., None]:
+    """Our errors from the API become `Error: [CODE] message` and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except ServerFlowError as exc:
+            raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
+
+    return url_option(token_option(wrapper))
+
+
+@main.group()
+def servers() -> None:
+    """Servers and their agents."""
+
+
+@servers.command("add")
+@click.argument("name")
+@click.option("--description", default="")
+@click.option(
+    "--security-mode",
+    type=click.Choice(["full", "standard", "read-only"]),
+    default="full",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def servers_add(
+    name: str,
+    description: str,
+    security_mode: str,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Create a server and print the one-line install command for its agent."""
+    server = _client(url, token).request(
+        "POST",
+        "/servers",
+        json={"name": name, "description": description, "security_mode": security_mode},
+    )
+    if as_json:
+        click.echo(json.dumps(server))
+        return
+    install = server["install"]
+    click.echo(f"server {server['name']} created ({server['id']})")
+    click.echo("run this on the server within an hour (the token works once):\n")
+    click.echo(f"  {install['command']}\n")
+
+
+@servers.command("install-token")
+@click.argument("server")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def servers_install_token(server: str, as_json: bool, url: str | None, token: str | None) -> None:
+    """A new one-time install command (reinstall; replaces the agent's key on use)."""
+    client = _client(url, token)
+    found = client.server(server)
+    install = client.request("POST", f"/servers/{found['id']}/install-token")
+    click.echo(json.dumps(install) if as_json else install["command"])
+
+
+@servers.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def servers_list(as_json: bool, url: str | None, token: str | None) -> None:
+    """Servers with their status."""
+    rows = _client(url, token).request("GET", "/servers")["servers"]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no servers; add one with: serverflow servers add NAME")
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        cpu = metrics.get("cpu_percent")
+        mem = (metrics.get("memory") or {}).get("percent")
+        load = f"cpu {cpu:.0f}% mem {mem:.0f}%" if cpu is not None and mem is not None else ""
+        click.echo(
+            f"{row['name']:<24} {row['status']:<8} {row['security_mode']:<10} "
+            f"{row['last_seen_at'] or 'never':<34} {load}"
+        )
+
+
+@servers.command("actions")
+@click.argument("server")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def servers_actions(server: str, as_json: bool, url: str | None, token: str | None) -> None:
+    """The actions a server may run, with their kinds."""
+    client = _client(url, token)
+    found = client.server(server)
+    result = client.request("GET", f"/servers/{found['id']}/actions")
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for action in result["actions"]:
+        click.echo(f"{action['name']:<28} {action['kind']:<12} {action['description']}")
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)  # numbers, booleans, lists...
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+@main.command("run")
+@click.argument("server")
+@click.argument("action")
+@click.option(
+    "--param",
+    "-p",
+    "pairs",
+    multiple=True,
+    help="KEY=VALUE (VALUE parsed as JSON when it is, else a string); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def run_command(
+    server: str,
+    action: str,
+    pairs: tuple[str, ...],
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Run an action on a server's agent and print its result."""
+    client = _client(url, token)
+    found = client.server(server)
+    result = client.request(
+        "POST", f"/servers/{found['id']}/actions/{action}", json={"params": _parse_params(pairs)}
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+    elif result["status"] == "ok":
+        output = result["output"]
+        click.echo(json.dumps(output, indent=2) if not isinstance(output, str) else output)
+    if result["status"] != "ok":
+        raise click.ClickException(
+            f"[{result['code'] or result['status']}] {action} on {found['name']}: "
+            f"{result['status']}: {result['message'] or ''}"
+        )
+
+
+@main.group()
+def keys() -> None:
+    """The control plane's command-signing keys."""
+
+
+@keys.command("rotate")
+@run_async
+async def keys_rotate() -> None:
+    """Make a new signing key; connected agents switch to it (announced by the old key)."""
+    from serverflow.keys import AppKeys
+    from serverflow.signing import rotate
+
+    settings = _settings()
+    cipher = AppKeys(settings.secrets_dir).cipher
+
+    async def body() -> str:
+        return (await rotate(cipher)).key_id
+
+    key_id = await _with_db(settings, body)
+    click.echo(f"new signing key {key_id}; running control planes announce it to agents")
+
+
+@keys.command("list")
+@run_async
+async def keys_list() -> None:
+    """Signing keys, newest first (the current one is not retired)."""
+    from serverflow.models import SigningKey
+    from serverflow_agent.protocol import key_id
+
+    async def body() -> list[SigningKey]:
+        return list(await SigningKey.all().order_by("-id"))
+
+    for row in await _with_db(_settings(), body):
+        state = f"retired {row.retired_at:%Y-%m-%d %H:%M}" if row.retired_at else "current"
+        click.echo(f"{key_id(row.public_key)}  {state}  created {row.created_at:%Y-%m-%d %H:%M}")
 
 
 @main.group()

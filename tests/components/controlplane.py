@@ -88,3 +88,37 @@ class ControlPlaneProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Deployment:
+    """A running control plane with an organisation and tokens for each role."""
+
+    def __init__(self, cp: ControlPlaneProcess, tokens: dict[str, str]) -> None:
+        self.cp = cp
+        self.tokens = tokens
+        self.url = cp.url
+
+    def http(self, role: str = "owner") -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=60,
+                            headers={"Authorization": f"Bearer {self.tokens[role]}"})
+
+    def cli(self, *args: str, check: bool = True,
+            role: str = "owner") -> subprocess.CompletedProcess[str]:
+        env = dict(self.cp.env, SERVERFLOW_URL=self.url, SERVERFLOW_TOKEN=self.tokens[role])
+        return run_cli(*args, env=env, check=check)
+
+
+def bootstrap(data_dir: Path, env: dict[str, str] | None = None, org: str = "Acme") -> Deployment:
+    """Migrate, create an owner and a token per role, start `serverflow up`."""
+    import json
+
+    cli = cli_env(data_dir, **(env or {}))
+    slug = org.lower()
+    run_cli("users", "create", f"owner@{slug}.test", "--new-org", org, "--role", "owner",
+            env=cli)
+    tokens = {}
+    for role in ("owner", "admin", "member", "viewer"):
+        out = run_cli("tokens", "create", "--org", slug, "--name", role, "--role", role,
+                      "--json", env=cli).stdout
+        tokens[role] = json.loads(out)["token"]
+    return Deployment(ControlPlaneProcess(data_dir, env=env).start(), tokens)

@@ -59,7 +59,7 @@ class AgentSession:
     outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(1000))
     last_seq: int = -1
     last_heard: float = field(default_factory=time.monotonic)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: set[str] = field(default_factory=set)  # commands sent, no result yet
 
 
 @dataclass
@@ -143,7 +143,10 @@ class AgentHub:
             await self._refuse(transport, exc)
         finally:
             writer.cancel()
-            session.closed.set()
+            for command_id in list(session.pending):  # nobody will answer these now
+                waiter = self._waiters.get(command_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             # The handler task may be cancelled (client went away): finish in the background.
             self._spawn(self._gone(session))
 
@@ -432,6 +435,7 @@ class AgentHub:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[body["id"]] = waiter
+        session.pending.add(body["id"])
         try:
             try:
                 session.outbox.put_nowait(frame.encode())
@@ -445,7 +449,13 @@ class AgentHub:
                 )
         finally:
             self._waiters.pop(body["id"], None)
+            session.pending.discard(body["id"])
         async with scoped(org_id):
+            # Still "sent": the session ended before the agent answered.
+            await Command.filter(id=body["id"], status=CommandStatus.SENT).update(
+                status=CommandStatus.UNDELIVERED,
+                message="the agent disconnected before reporting a result",
+            )
             return await Command.get(id=body["id"])
 
     async def push_registry(self, server: Server) -> None:

@@ -80,6 +80,8 @@ async def register(data: RegisterIn) -> Response:
         raise _bad_token() from None
     digest = hash_token(data.token)
     now = datetime.now(UTC)
+    # Everything the answer needs is ready before the token is spent.
+    control_plane_key = cp.hub.key.public_key
     async with scoped(org_id):
         server = await Server.get_or_none(install_token_hash=digest)
         if (
@@ -120,7 +122,7 @@ async def register(data: RegisterIn) -> Response:
     body = {
         "server_id": str(server.id),
         "org_id": str(org_id),
-        "control_plane_key": cp.hub.key.public_key,
+        "control_plane_key": control_plane_key,
         "ws_url": ws_url(cp.settings.base_url),
         "heartbeat_interval_ms": cp.settings.heartbeat_interval_ms,
     }
