@@ -21,20 +21,34 @@ from serverflow_agent import protocol
 from serverflow_agent.protocol import Frame
 
 ECHO_ACTION = {
-    "name": "sim.echo", "kind": "read", "description": "Return the params.",
-    "params_schema": {"type": "object"}, "timeout": 5, "memory_limit_mb": 64,
+    "name": "sim.echo",
+    "kind": "read",
+    "description": "Return the params.",
+    "params_schema": {"type": "object"},
+    "timeout": 5,
+    "memory_limit_mb": 64,
 }
 
 
-def register(base_url: str, token: str, key: nacl.signing.SigningKey,
-             hostname: str = "sim") -> dict[str, Any]:
+def register(
+    base_url: str, token: str, key: nacl.signing.SigningKey, hostname: str = "sim"
+) -> dict[str, Any]:
     """POST /api/v1/agents/register; returns the JSON answer (raises on HTTP errors)."""
-    body = json.dumps({"token": token, "public_key": protocol.public_key_of(key),
-                       "hostname": hostname, "agent_version": "sim"}).encode()
-    request = urllib.request.Request(base_url + "/api/v1/agents/register", data=body,
-                                     headers={"Content-Type": "application/json"},
-                                     method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+    body = json.dumps(
+        {
+            "token": token,
+            "public_key": protocol.public_key_of(key),
+            "hostname": hostname,
+            "agent_version": "sim",
+        }
+    ).encode()
+    request = urllib.request.Request(
+        base_url + "/api/v1/agents/register",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
         answer: dict[str, Any] = json.loads(response.read())
     return answer
 
@@ -59,13 +73,22 @@ class SimAgent:
         return protocol.public_key_of(self.key)
 
     async def connect(self, hello_key: str | None = None) -> None:
-        self.ws = await connect(self.ws_url, max_size=protocol.MAX_FRAME_BYTES * 2,
-                                open_timeout=30, ping_interval=None)
-        await self.send(protocol.make_frame("hello", {
-            "server_id": self.server_id, "org_id": self.org_id,
-            "public_key": hello_key or self.public_key,
-            "control_plane_key": self.control_plane_key,
-            "agent_version": "sim", "protocol": protocol.PROTOCOL_VERSION}))
+        self.ws = await connect(
+            self.ws_url, max_size=protocol.MAX_FRAME_BYTES * 2, open_timeout=30, ping_interval=None
+        )
+        await self.send(
+            protocol.make_frame(
+                "hello",
+                {
+                    "server_id": self.server_id,
+                    "org_id": self.org_id,
+                    "public_key": hello_key or self.public_key,
+                    "control_plane_key": self.control_plane_key,
+                    "agent_version": "sim",
+                    "protocol": protocol.PROTOCOL_VERSION,
+                },
+            )
+        )
 
     async def send(self, frame: Frame | str) -> None:
         assert self.ws is not None
@@ -88,8 +111,12 @@ class SimAgent:
         if frame.type != "challenge":
             raise AssertionError(f"expected challenge, got {frame}")
         protocol.verify(self.control_plane_key, "challenge", frame.body, frame.sig)
-        auth = {"server_id": self.server_id, "session_id": frame.body["session_id"],
-                "nonce": frame.body["nonce"], "actions": self.actions}
+        auth = {
+            "server_id": self.server_id,
+            "session_id": frame.body["session_id"],
+            "nonce": frame.body["nonce"],
+            "actions": self.actions,
+        }
         await self.send(protocol.make_frame("auth", auth, signer or self.key))
         authorized = await self.recv()
         if authorized.type != "authorized":
@@ -102,15 +129,34 @@ class SimAgent:
 
     async def heartbeat(self, metrics: dict[str, Any] | None = None) -> None:
         self.seq += 1
-        await self.send(protocol.make_frame("heartbeat", {
-            "server_id": self.server_id, "seq": self.seq, "sent_at": protocol.now_ms(),
-            "metrics": metrics or {"cpu_percent": 1.5, "memory": {"percent": 12.0}}}, self.key))
+        await self.send(
+            protocol.make_frame(
+                "heartbeat",
+                {
+                    "server_id": self.server_id,
+                    "seq": self.seq,
+                    "sent_at": protocol.now_ms(),
+                    "metrics": metrics or {"cpu_percent": 1.5, "memory": {"percent": 12.0}},
+                },
+                self.key,
+            )
+        )
 
-    async def result_for(self, command: Frame, status: str = "ok", output: Any = None,
-                         code: str | None = None, message: str | None = None) -> None:
+    async def result_for(
+        self,
+        command: Frame,
+        status: str = "ok",
+        output: Any = None,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
         body: dict[str, Any] = {
-            "command_id": command.body["id"], "server_id": self.server_id, "status": status,
-            "started_at": protocol.now_ms(), "finished_at": protocol.now_ms()}
+            "command_id": command.body["id"],
+            "server_id": self.server_id,
+            "status": status,
+            "started_at": protocol.now_ms(),
+            "finished_at": protocol.now_ms(),
+        }
         if output is not None:
             body["output"] = output
         if code:

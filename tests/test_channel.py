@@ -11,7 +11,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,19 +39,20 @@ _names = iter(range(10_000))
 
 def new_server(dep: Deployment, mode: str = "full") -> dict[str, Any]:
     with dep.http() as http:
-        made = http.post("/servers", json={"name": f"srv-{next(_names)}",
-                                           "security_mode": mode})
+        made = http.post("/servers", json={"name": f"srv-{next(_names)}", "security_mode": mode})
     assert made.status_code == 201, made.text
     return dict(made.json())
 
 
-def enrolled(dep: Deployment, mode: str = "full",
-             actions: list[dict[str, Any]] | None = None) -> SimAgent:
+def enrolled(
+    dep: Deployment, mode: str = "full", actions: list[dict[str, Any]] | None = None
+) -> SimAgent:
     server = new_server(dep, mode)
     key = protocol.new_signing_key()
     answer = register(dep.url, server["install"]["token"], key)
-    agent = SimAgent(answer["ws_url"], answer["server_id"], answer["org_id"], key,
-                     answer["control_plane_key"])
+    agent = SimAgent(
+        answer["ws_url"], answer["server_id"], answer["org_id"], key, answer["control_plane_key"]
+    )
     if actions is not None:
         agent.actions = actions
     return agent
@@ -74,10 +74,14 @@ def server_state(dep: Deployment, server_id: str) -> dict[str, Any]:
         return dict(http.get(f"/servers/{server_id}").json())
 
 
-async def api(dep: Deployment, method: str, path: str, role: str = "owner",
-              **kwargs: Any) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=dep.url + "/api/v1", timeout=60,
-                                 headers={"Authorization": f"Bearer {dep.tokens[role]}"}) as c:
+async def api(
+    dep: Deployment, method: str, path: str, role: str = "owner", **kwargs: Any
+) -> httpx.Response:
+    async with httpx.AsyncClient(
+        base_url=dep.url + "/api/v1",
+        timeout=60,
+        headers={"Authorization": f"Bearer {dep.tokens[role]}"},
+    ) as c:
         return await c.request(method, path, **kwargs)
 
 
@@ -89,8 +93,12 @@ async def test_register_handshake_command_and_signed_result(deployment: Deployme
     try:
         state = server_state(deployment, agent.server_id)
         assert state["status"] == "online" and state["registered_at"]
-        ran = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.echo",
-                        json={"params": {"word": "hello"}})
+        ran = await api(
+            deployment,
+            "POST",
+            f"/servers/{agent.server_id}/actions/sim.echo",
+            json={"params": {"word": "hello"}},
+        )
         assert ran.status_code == 200, ran.text
         result = ran.json()
         assert result["status"] == "ok" and result["output"] == {"echo": {"word": "hello"}}
@@ -108,8 +116,10 @@ async def test_register_handshake_command_and_signed_result(deployment: Deployme
     finally:
         serving.cancel()
         await agent.close()
-    wait_for(lambda: server_state(deployment, agent.server_id)["status"] == "offline",
-             what="offline after disconnect")
+    wait_for(
+        lambda: server_state(deployment, agent.server_id)["status"] == "offline",
+        what="offline after disconnect",
+    )
 
 
 async def test_results_are_stored_with_the_agents_signature(deployment: Deployment) -> None:
@@ -117,14 +127,21 @@ async def test_results_are_stored_with_the_agents_signature(deployment: Deployme
     await agent.handshake()
     serving = asyncio.create_task(agent.serve())
     try:
-        ran = (await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.echo",
-                         json={"params": {}})).json()
+        ran = (
+            await api(
+                deployment,
+                "POST",
+                f"/servers/{agent.server_id}/actions/sim.echo",
+                json={"params": {}},
+            )
+        ).json()
     finally:
         serving.cancel()
         await agent.close()
     db = sqlite3.connect(deployment.cp.data_dir / "serverflow.sqlite3")
-    row = db.execute("SELECT status, output, result_signature FROM commands WHERE id = ?",
-                     (ran["id"],)).fetchone()
+    row = db.execute(
+        "SELECT status, output, result_signature FROM commands WHERE id = ?", (ran["id"],)
+    ).fetchone()
     assert row[0] == "ok" and row[2]
     assert json.loads(row[1]) == {"echo": {}}
 
@@ -143,11 +160,17 @@ def test_install_token_works_once(deployment: Deployment) -> None:
 def test_expired_and_forged_install_tokens(deployment: Deployment) -> None:
     server = new_server(deployment)
     db = sqlite3.connect(deployment.cp.data_dir / "serverflow.sqlite3")
-    db.execute("UPDATE servers SET install_token_expires_at = '2001-01-01 00:00:00+00:00' "
-               "WHERE id = ?", (server["id"],))
+    db.execute(
+        "UPDATE servers SET install_token_expires_at = '2001-01-01 00:00:00+00:00' WHERE id = ?",
+        (server["id"],),
+    )
     db.commit()
-    for token in (server["install"]["token"], "sfi_nothex_x", deployment.tokens["owner"],
-                  "sfi_" + "0" * 32 + "_" + "A" * 43):
+    for token in (
+        server["install"]["token"],
+        "sfi_nothex_x",
+        deployment.tokens["owner"],
+        "sfi_" + "0" * 32 + "_" + "A" * 43,
+    ):
         with pytest.raises(Exception, match="401"):
             register(deployment.url, token, protocol.new_signing_key())
     assert server_state(deployment, server["id"])["registered_at"] is None
@@ -173,9 +196,16 @@ async def test_handshake_signed_with_the_wrong_key_is_refused(deployment: Deploy
     agent = enrolled(deployment)
     await agent.connect()
     challenge = await agent.recv()
-    forged = protocol.make_frame("auth", {
-        "server_id": agent.server_id, "session_id": challenge.body["session_id"],
-        "nonce": challenge.body["nonce"], "actions": []}, protocol.new_signing_key())
+    forged = protocol.make_frame(
+        "auth",
+        {
+            "server_id": agent.server_id,
+            "session_id": challenge.body["session_id"],
+            "nonce": challenge.body["nonce"],
+            "actions": [],
+        },
+        protocol.new_signing_key(),
+    )
     await agent.send(forged)
     await expect_refusal(agent, "AUT003")
 
@@ -184,9 +214,16 @@ async def test_replayed_handshake_answer_is_refused(deployment: Deployment) -> N
     agent = enrolled(deployment)
     await agent.connect()
     first = await agent.recv()
-    auth = protocol.make_frame("auth", {
-        "server_id": agent.server_id, "session_id": first.body["session_id"],
-        "nonce": first.body["nonce"], "actions": []}, agent.key)
+    auth = protocol.make_frame(
+        "auth",
+        {
+            "server_id": agent.server_id,
+            "session_id": first.body["session_id"],
+            "nonce": first.body["nonce"],
+            "actions": [],
+        },
+        agent.key,
+    )
     await agent.close()
     await agent.connect()
     await agent.recv()  # a new challenge; answer it with the old (validly signed) response
@@ -207,14 +244,14 @@ BAD_FRAMES = [
     ("duplicate keys", '{"type": "hello", "type": "auth", "body": {}}', "FRM002"),
     ("unknown type", '{"type": "shell", "body": {"cmd": "rm -rf /"}}', "FRM003"),
     ("wrong field type", '{"type": "hello", "body": {"server_id": 5}}', "FRM004"),
-    ("oversized", '{"type": "hello", "body": {"x": "' + "a" * (1024 * 1024 + 10) + '"}}',
-     "FRM001"),
+    ("oversized", '{"type": "hello", "body": {"x": "' + "a" * (1024 * 1024 + 10) + '"}}', "FRM001"),
 ]
 
 
 @pytest.mark.parametrize(("label", "data", "code"), BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
-async def test_malformed_frames_close_the_connection(deployment: Deployment, label: str,
-                                                     data: str, code: str) -> None:
+async def test_malformed_frames_close_the_connection(
+    deployment: Deployment, label: str, data: str, code: str
+) -> None:
     agent = enrolled(deployment)
     await agent.handshake()
     await agent.send(data)
@@ -235,15 +272,27 @@ async def test_binary_frames_are_refused(deployment: Deployment) -> None:
     await expect_refusal(agent, "FRM002")
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.text(max_size=300), st.binary(max_size=100).map(repr),
-                 st.dictionaries(st.text(max_size=10), st.integers()).map(json.dumps)))
-def test_random_first_frames_never_hurt_the_control_plane(deployment: Deployment,
-                                                          data: str) -> None:
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.binary(max_size=100).map(repr),
+        st.dictionaries(st.text(max_size=10), st.integers()).map(json.dumps),
+    )
+)
+def test_random_first_frames_never_hurt_the_control_plane(
+    deployment: Deployment, data: str
+) -> None:
     async def go() -> str:
-        agent = SimAgent(deployment.url.replace("http", "ws") + "/agent/ws", "x", "y",
-                         protocol.new_signing_key(), "z")
+        agent = SimAgent(
+            deployment.url.replace("http", "ws") + "/agent/ws",
+            "x",
+            "y",
+            protocol.new_signing_key(),
+            "z",
+        )
         from websockets.asyncio.client import connect
 
         async with connect(agent.ws_url) as ws:
@@ -261,14 +310,21 @@ async def test_results_with_bad_signatures_close_the_session(deployment: Deploym
     await agent.handshake()
 
     async def forge(sim: SimAgent, command: protocol.Frame) -> None:
-        body = {"command_id": command.body["id"], "server_id": sim.server_id, "status": "ok",
-                "started_at": 1, "finished_at": 2, "output": "forged"}
+        body = {
+            "command_id": command.body["id"],
+            "server_id": sim.server_id,
+            "status": "ok",
+            "started_at": 1,
+            "finished_at": 2,
+            "output": "forged",
+        }
         await sim.send(protocol.make_frame("result", body, protocol.new_signing_key()))
 
     agent.on_command = forge
     serving = asyncio.create_task(agent.serve())
-    ran = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.echo",
-                    json={"params": {}})
+    ran = await api(
+        deployment, "POST", f"/servers/{agent.server_id}/actions/sim.echo", json={"params": {}}
+    )
     await asyncio.wait_for(serving, 10)  # the control plane closed the socket
     assert ran.json()["status"] == "undelivered", ran.json()
     stored = (await api(deployment, "GET", f"/commands/{ran.json()['id']}")).json()
@@ -282,50 +338,93 @@ async def test_heartbeats_are_stored_and_silence_means_offline(deployment: Deplo
     assert agent.heartbeat_interval_ms == INTERVAL_MS
     for n in range(3):
         await agent.heartbeat({"cpu_percent": 10.0 + n, "memory": {"percent": 50.0}})
-    beats = await asyncio.to_thread(wait_for, lambda: len(server_state(
-        deployment, agent.server_id)["metrics"] or {}) and (httpx.get(
-            f"{deployment.url}/api/v1/servers/{agent.server_id}/heartbeats",
-            headers={"Authorization": f"Bearer {deployment.tokens['viewer']}"}
-        ).json()["heartbeats"]), 10, "heartbeats stored")
+    beats = await asyncio.to_thread(
+        wait_for,
+        lambda: (
+            len(server_state(deployment, agent.server_id)["metrics"] or {})
+            and (
+                httpx.get(
+                    f"{deployment.url}/api/v1/servers/{agent.server_id}/heartbeats",
+                    headers={"Authorization": f"Bearer {deployment.tokens['viewer']}"},
+                ).json()["heartbeats"]
+            )
+        ),
+        10,
+        "heartbeats stored",
+    )
     assert [b["metrics"]["cpu_percent"] for b in beats][:3] == [12.0, 11.0, 10.0]
     # Now the agent goes silent without closing: offline after the missed heartbeats.
-    await asyncio.to_thread(wait_for, lambda: server_state(
-        deployment, agent.server_id)["status"] == "offline", 10, "offline")
+    await asyncio.to_thread(
+        wait_for,
+        lambda: server_state(deployment, agent.server_id)["status"] == "offline",
+        10,
+        "offline",
+    )
     events = (await api(deployment, "GET", "/events")).json()["events"]
-    assert any(e["kind"] == "server.offline" and e["server_id"] == agent.server_id
-               for e in events)
+    assert any(e["kind"] == "server.offline" and e["server_id"] == agent.server_id for e in events)
     await agent.close()
 
 
 async def test_security_mode_limits_actions(deployment: Deployment) -> None:
-    change = {**SimAgent.__dataclass_fields__["actions"].default_factory()[0],  # type: ignore[misc]
-              "name": "sim.write", "kind": "change"}
-    agent = enrolled(deployment, mode="read-only",
-                     actions=[change, {**change, "name": "sim.look", "kind": "read"}])
+    change = {
+        **SimAgent.__dataclass_fields__["actions"].default_factory()[0],  # type: ignore[misc]
+        "name": "sim.write",
+        "kind": "change",
+    }
+    agent = enrolled(
+        deployment,
+        mode="read-only",
+        actions=[change, {**change, "name": "sim.look", "kind": "read"}],
+    )
     await agent.handshake()
     assert agent.registry == ["sim.look"]
     serving = asyncio.create_task(agent.serve())
     try:
-        refused = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.write",
-                            json={"params": {}})
+        refused = await api(
+            deployment, "POST", f"/servers/{agent.server_id}/actions/sim.write", json={"params": {}}
+        )
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "ACT002"
         # Viewers may run read actions, not change them.
-        assert (await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.look",
-                          role="viewer", json={"params": {}})).json()["status"] == "ok"
-        relaxed = await api(deployment, "PATCH", f"/servers/{agent.server_id}",
-                            json={"security_mode": "standard"})
+        assert (
+            await api(
+                deployment,
+                "POST",
+                f"/servers/{agent.server_id}/actions/sim.look",
+                role="viewer",
+                json={"params": {}},
+            )
+        ).json()["status"] == "ok"
+        relaxed = await api(
+            deployment, "PATCH", f"/servers/{agent.server_id}", json={"security_mode": "standard"}
+        )
         assert relaxed.status_code == 200
-        await asyncio.to_thread(wait_for, lambda: any(
-            f.type == "registry" and "sim.write" in f.body["actions"] for f in agent.received),
-            10, "new registry")
-        member = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.write",
-                           role="member", json={"params": {}})
+        await asyncio.to_thread(
+            wait_for,
+            lambda: any(
+                f.type == "registry" and "sim.write" in f.body["actions"] for f in agent.received
+            ),
+            10,
+            "new registry",
+        )
+        member = await api(
+            deployment,
+            "POST",
+            f"/servers/{agent.server_id}/actions/sim.write",
+            role="member",
+            json={"params": {}},
+        )
         assert member.json()["status"] == "ok"
-        viewer = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.write",
-                           role="viewer", json={"params": {}})
+        viewer = await api(
+            deployment,
+            "POST",
+            f"/servers/{agent.server_id}/actions/sim.write",
+            role="viewer",
+            json={"params": {}},
+        )
         assert viewer.status_code == 403
-        unknown = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.nope",
-                            json={"params": {}})
+        unknown = await api(
+            deployment, "POST", f"/servers/{agent.server_id}/actions/sim.nope", json={"params": {}}
+        )
         assert unknown.json()["error"]["code"] == "ACT001"
     finally:
         serving.cancel()
@@ -333,19 +432,32 @@ async def test_security_mode_limits_actions(deployment: Deployment) -> None:
 
 
 async def test_params_are_checked_before_signing(deployment: Deployment) -> None:
-    strict = {"name": "sim.strict", "kind": "read", "description": "", "timeout": 5,
-              "memory_limit_mb": 64,
-              "params_schema": {"type": "object", "properties": {"n": {"type": "integer"}},
-                                "additionalProperties": False}}
+    strict = {
+        "name": "sim.strict",
+        "kind": "read",
+        "description": "",
+        "timeout": 5,
+        "memory_limit_mb": 64,
+        "params_schema": {
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "additionalProperties": False,
+        },
+    }
     agent = enrolled(deployment, actions=[strict])
     await agent.handshake()
-    bad = await api(deployment, "POST", f"/servers/{agent.server_id}/actions/sim.strict",
-                    json={"params": {"n": "five"}})
+    bad = await api(
+        deployment,
+        "POST",
+        f"/servers/{agent.server_id}/actions/sim.strict",
+        json={"params": {"n": "five"}},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "ACT003"
     assert not any(f.type == "command" for f in agent.received)
     offline = enrolled(deployment)
-    not_connected = await api(deployment, "POST",
-                              f"/servers/{offline.server_id}/actions/sim.echo", json={})
+    not_connected = await api(
+        deployment, "POST", f"/servers/{offline.server_id}/actions/sim.echo", json={}
+    )
     assert not_connected.json()["error"]["code"] in {"ACT001", "AGT001"}
     await agent.close()
 
@@ -355,13 +467,28 @@ async def test_agent_key_rotation(deployment: Deployment) -> None:
     await agent.handshake()
     new = protocol.new_signing_key()
     issued = protocol.now_ms()
-    proof = protocol.sign(new, "agent_key_proof", {
-        "server_id": agent.server_id, "new_public_key": protocol.public_key_of(new),
-        "issued_at": issued})
-    await agent.send(protocol.make_frame("agent_key", {
-        "server_id": agent.server_id, "old_public_key": agent.public_key,
-        "new_public_key": protocol.public_key_of(new), "issued_at": issued, "proof": proof},
-        agent.key))
+    proof = protocol.sign(
+        new,
+        "agent_key_proof",
+        {
+            "server_id": agent.server_id,
+            "new_public_key": protocol.public_key_of(new),
+            "issued_at": issued,
+        },
+    )
+    await agent.send(
+        protocol.make_frame(
+            "agent_key",
+            {
+                "server_id": agent.server_id,
+                "old_public_key": agent.public_key,
+                "new_public_key": protocol.public_key_of(new),
+                "issued_at": issued,
+                "proof": proof,
+            },
+            agent.key,
+        )
+    )
     accepted = await agent.recv()
     assert accepted.type == "agent_key_accepted"
     protocol.verify(agent.control_plane_key, accepted.type, accepted.body, accepted.sig)
@@ -381,10 +508,17 @@ async def test_control_plane_key_rotation(deployment: Deployment) -> None:
     old_key = online.control_plane_key
     try:
         deployment.cli("keys", "rotate")
-        await asyncio.to_thread(wait_for, lambda: online.control_plane_key != old_key, 10,
-                                "rotation announced")
-        ran = (await api(deployment, "POST", f"/servers/{online.server_id}/actions/sim.echo",
-                         json={"params": {}})).json()
+        await asyncio.to_thread(
+            wait_for, lambda: online.control_plane_key != old_key, 10, "rotation announced"
+        )
+        ran = (
+            await api(
+                deployment,
+                "POST",
+                f"/servers/{online.server_id}/actions/sim.echo",
+                json={"params": {}},
+            )
+        ).json()
         assert ran["status"] == "ok"  # SimAgent verified the command with the new key
         assert ran["signing_key_id"] == protocol.key_id(online.control_plane_key)
     finally:

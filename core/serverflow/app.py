@@ -104,8 +104,12 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
             await db.close_orm()  # an open SQLite thread would keep the process alive
             raise
         background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
-        log.info("serverflow %s ready on %s (database: %s)", __version__, settings.base_url,
-                 settings.dialect)
+        log.info(
+            "serverflow %s ready on %s (database: %s)",
+            __version__,
+            settings.base_url,
+            settings.dialect,
+        )
 
     @app.after_serving
     async def _stop() -> None:

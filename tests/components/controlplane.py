@@ -99,11 +99,15 @@ class Deployment:
         self.url = cp.url
 
     def http(self, role: str = "owner") -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=60,
-                            headers={"Authorization": f"Bearer {self.tokens[role]}"})
+        return httpx.Client(
+            base_url=self.url + "/api/v1",
+            timeout=60,
+            headers={"Authorization": f"Bearer {self.tokens[role]}"},
+        )
 
-    def cli(self, *args: str, check: bool = True,
-            role: str = "owner") -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, role: str = "owner"
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(self.cp.env, SERVERFLOW_URL=self.url, SERVERFLOW_TOKEN=self.tokens[role])
         return run_cli(*args, env=env, check=check)
 
@@ -114,11 +118,11 @@ def bootstrap(data_dir: Path, env: dict[str, str] | None = None, org: str = "Acm
 
     cli = cli_env(data_dir, **(env or {}))
     slug = org.lower()
-    run_cli("users", "create", f"owner@{slug}.test", "--new-org", org, "--role", "owner",
-            env=cli)
+    run_cli("users", "create", f"owner@{slug}.test", "--new-org", org, "--role", "owner", env=cli)
     tokens = {}
     for role in ("owner", "admin", "member", "viewer"):
-        out = run_cli("tokens", "create", "--org", slug, "--name", role, "--role", role,
-                      "--json", env=cli).stdout
+        out = run_cli(
+            "tokens", "create", "--org", slug, "--name", role, "--role", role, "--json", env=cli
+        ).stdout
         tokens[role] = json.loads(out)["token"]
     return Deployment(ControlPlaneProcess(data_dir, env=env).start(), tokens)
