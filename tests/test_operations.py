@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -16,10 +18,11 @@ import pytest
 from serverflow.errors import CODES, ConfigError
 from serverflow.keys import Cipher, load_or_create_key
 from serverflow.logs import JsonFormatter, RedactingFilter, redact
-from serverflow.models import Role
+from serverflow.models import Role, Server
 from serverflow.settings import load_settings
+from serverflow.tenancy import scoped
 from tests.components.postgres import PostgresServer, aexecute
-from tests.conftest import ControlPlaneUnderTest
+from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,3 +183,27 @@ def test_every_error_code_is_documented() -> None:
     for path in (ROOT / "core" / "serverflow").rglob("*.py"):
         used.update(re.findall(r'code="([A-Z]+[0-9]+)"', path.read_text()))
     assert used <= set(CODES), used - set(CODES)
+
+
+@BOTH_DATABASES
+async def test_cancelling_a_transaction_on_entry_never_wedges_the_database(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    """Quart cancels handlers whose client left; that may land while BEGIN is in flight."""
+    tenant = await control_plane.tenant("Acme")
+
+    async def work() -> None:
+        async with scoped(tenant.org.id):
+            await Server.all().count()
+
+    for spins in range(40):
+        task = asyncio.create_task(work())
+        for _ in range(spins % 8):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(5):
+        await work()
+        async with scoped(tenant.org.id):
+            await Server.create(name="after")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
 
 from quart import Quart
@@ -14,10 +15,12 @@ from werkzeug.routing import Rule
 
 from serverflow import __version__, db
 from serverflow.controlplane import EXTENSION, ControlPlane
+from serverflow.errors import ConfigError
 from serverflow.http_errors import JsonRequest, register_error_handlers
 from serverflow.keys import AppKeys
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
+from serverflow_agent.tlspin import spki_pin
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,20 @@ class ApiOnlyOpenAPI(OpenAPIProvider):
 
     def generate_rules(self) -> Iterable[Rule]:
         return (r for r in super().generate_rules() if r.rule.startswith("/api/"))
+
+
+def tls_pin(settings: Settings) -> str | None:
+    """The SPKI pin of the certificate agents will see (handed to them at registration)."""
+    if settings.tls_certfile is None:
+        return None
+    try:
+        pem = settings.tls_certfile.read_text()
+        der = ssl.PEM_cert_to_DER_cert(pem.split("-----END CERTIFICATE-----")[0]
+                                       + "-----END CERTIFICATE-----\n")
+        return spki_pin(der)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the TLS certificate {settings.tls_certfile}: {exc}") \
+            from exc
 
 
 async def _forward_events_to_plugins(cp: ControlPlane) -> None:
@@ -58,7 +75,8 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         QUART_AUTH_DURATION=settings.session_hours * 3600,
         QUART_SCHEMA_CONVERT_CASING=False,
     )
-    cp = ControlPlane(settings=settings, keys=keys, plugins=plugins)
+    cp = ControlPlane(settings=settings, keys=keys, plugins=plugins,
+                      tls_pin=tls_pin(settings))
     app.extensions[EXTENSION] = cp
 
     QuartAuth(app)

@@ -139,6 +139,9 @@ def serve(settings: Settings) -> None:
     config.access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
     config.graceful_timeout = 5
     config.websocket_max_message_size = 2 * 1024 * 1024  # larger frames: FRM001 from us
+    if settings.tls_certfile:
+        config.certfile = str(settings.tls_certfile)
+        config.keyfile = str(settings.tls_keyfile or settings.tls_certfile)
     try:
         asyncio.run(hypercorn_serve(app, config))
     except LifespanFailureError as exc:

@@ -10,9 +10,11 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.context import _current_context
 
+from serverflow import db_guard
 from serverflow.errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
+db_guard.install()
 
 MODEL_MODULES = ["serverflow.models", "aerich.models"]
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -42,6 +42,8 @@ class Settings(BaseModel):
     offline_after_missed: int = Field(default=3, ge=1)
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     config_file: Path | None = None
 
     @field_validator("log_level", mode="before")
@@ -66,7 +68,8 @@ class Settings(BaseModel):
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_certfile else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def secrets_dir(self) -> Path:

@@ -8,6 +8,7 @@ key. Database work happens in short scoped transactions, never while waiting on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -60,6 +61,35 @@ class AgentSession:
     last_seq: int = -1
     last_heard: float = field(default_factory=time.monotonic)
     pending: set[str] = field(default_factory=set)  # commands sent, no result yet
+    closed: bool = False
+    online: asyncio.Task[Server] | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A verified result frame from an agent, and when it arrived."""
+
+    body: dict[str, Any]
+    sig: str | None
+    received: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    command: Command
+    latency_ms: float | None  # from signing to the verified result, on this control plane
+
+
+def _result_fields(reply: Reply, now: datetime | None = None) -> dict[str, Any]:
+    body = reply.body
+    return {
+        "status": CommandStatus(body["status"]),
+        "code": body.get("code"),
+        "message": body.get("message"),
+        "output": body.get("output"),
+        "result_signature": reply.sig,
+        "finished_at": now or datetime.now(UTC),
+    }
 
 
 @dataclass
@@ -76,7 +106,7 @@ class AgentHub:
         self.cipher = cipher
         self.bus = bus
         self.sessions: dict[uuid.UUID, AgentSession] = {}
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._waiters: dict[str, asyncio.Future[Reply]] = {}
         self._beats: list[_Beat] = []
         self._key: signing.ActiveKey | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,17 +147,46 @@ class AgentHub:
     # -- connection ----------------------------------------------------------------
 
     async def serve(self, transport: Transport) -> None:
-        """Run one agent connection from handshake to disconnect."""
+        """Run one agent connection from handshake to disconnect.
+
+        Quart cancels this coroutine when the agent goes away, at any await. So database
+        writes run in their own tasks (a cancelled caller never leaves them half done) and
+        `_gone`, which always runs, waits for them before deciding about presence.
+        """
         try:
-            session = await asyncio.wait_for(self._handshake(transport), HANDSHAKE_TIMEOUT)
+            hello, auth = await asyncio.wait_for(self._handshake(transport), HANDSHAKE_TIMEOUT)
         except TimeoutError:
             await self._refuse(transport, ProtocolError("AUT004"))
             return
         except ProtocolError as exc:
             await self._refuse(transport, exc)
             return
-        writer = asyncio.create_task(self._write(session))
+        session = AgentSession(
+            server_id=uuid.UUID(hello["server_id"]),
+            org_id=uuid.UUID(hello["org_id"]),
+            session_id=auth["session_id"],
+            public_key=hello["public_key"],
+            transport=transport,
+        )
+        session.online = asyncio.create_task(self._come_online(session, hello, auth))
+        writer: asyncio.Task[None] | None = None
         try:
+            server = await asyncio.shield(session.online)
+            authorized = {
+                "server_id": str(session.server_id),
+                "session_id": session.session_id,
+                "issued_at": protocol.now_ms(),
+                "heartbeat_interval_ms": self.interval_ms,
+            }
+            await transport.send(
+                protocol.make_frame("authorized", authorized, self.key.key).encode()
+            )
+            await transport.send(self._registry_frame(server).encode())
+            previous = self.sessions.get(session.server_id)
+            self.sessions[session.server_id] = session
+            if previous is not None:
+                await self._close(previous, CLOSE_POLICY, "replaced by a newer connection")
+            writer = asyncio.create_task(self._write(session))
             while True:
                 data = await transport.receive()
                 session.last_heard = time.monotonic()
@@ -142,12 +201,13 @@ class AgentHub:
             )
             await self._refuse(transport, exc)
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
+            session.closed = True
             for command_id in list(session.pending):  # nobody will answer these now
                 waiter = self._waiters.get(command_id)
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            # The handler task may be cancelled (client went away): finish in the background.
+                    waiter.cancel()
             self._spawn(self._gone(session))
 
     async def _refuse(self, transport: Transport, exc: ProtocolError) -> None:
@@ -179,7 +239,8 @@ class AgentHub:
             raise ProtocolError("FRM005", f"expected {expected}, got {frame.type}")
         return frame
 
-    async def _handshake(self, transport: Transport) -> AgentSession:
+    async def _handshake(self, transport: Transport) -> tuple[dict[str, Any], dict[str, Any]]:
+        """hello → [key_rotation*] → challenge → auth; returns the verified hello and auth."""
         hello = (await self._receive(transport, "hello")).body
         if hello["protocol"] != protocol.PROTOCOL_VERSION:
             raise ProtocolError("AUT005", f"protocol {hello['protocol']} is not supported")
@@ -219,16 +280,20 @@ class AgentHub:
             str(server_id),
         ):
             raise ProtocolError("AUT003", "the response does not answer this challenge")
+        return hello, auth.body
 
-        now = datetime.now(UTC)
-        async with scoped(org_id):
-            server = await Server.get(id=server_id)
+    async def _come_online(
+        self, session: AgentSession, hello: dict[str, Any], auth: dict[str, Any]
+    ) -> Server:
+        """Store what the handshake taught us; a new registry version; the online event."""
+        async with scoped(session.org_id):
+            server = await Server.get(id=session.server_id)
             was = server.status
-            server.inventory = auth.body["actions"]
+            server.inventory = auth["actions"]
             server.agent_version = hello["agent_version"]
             server.registry_version += 1
             server.status = ServerStatus.ONLINE
-            server.last_seen_at = now
+            server.last_seen_at = datetime.now(UTC)
             await server.save(
                 update_fields=[
                     "inventory",
@@ -238,41 +303,22 @@ class AgentHub:
                     "last_seen_at",
                 ]
             )
-        session = AgentSession(
-            server_id=server_id,
-            org_id=org_id,
-            session_id=session_id,
-            public_key=server.agent_public_key or "",
-            transport=transport,
-        )
-        authorized = {
-            "server_id": str(server_id),
-            "session_id": session_id,
-            "issued_at": protocol.now_ms(),
-            "heartbeat_interval_ms": self.interval_ms,
-        }
-        await transport.send(protocol.make_frame("authorized", authorized, key.key).encode())
-        await transport.send(self._registry_frame(server).encode())
-        previous = self.sessions.get(server_id)
-        self.sessions[server_id] = session
-        if previous is not None:
-            await self._close(previous, CLOSE_POLICY, "replaced by a newer connection")
         log.info(
             "agent %s (%s) authorized, session %s, %d actions",
             server.name,
-            server_id,
-            session_id,
+            server.id,
+            session.session_id,
             len(server.inventory),
         )
         if was != ServerStatus.ONLINE:
             await record(
                 self.bus,
                 "server.online",
-                org_id,
-                server_id,
+                session.org_id,
+                session.server_id,
                 {"name": server.name, "agent_version": server.agent_version},
             )
-        return session
+        return server
 
     def _registry_frame(self, server: Server) -> Frame:
         return protocol.make_frame(
@@ -280,9 +326,15 @@ class AgentHub:
         )
 
     async def _gone(self, session: AgentSession) -> None:
-        if self.sessions.get(session.server_id) is not session:
+        if session.online is not None:
+            with contextlib.suppress(Exception):
+                await session.online
+        current = self.sessions.get(session.server_id)
+        if current is not None and current is not session:
             return  # replaced by a newer connection: still online
-        del self.sessions[session.server_id]
+        self.sessions.pop(session.server_id, None)
+        if session.online is None or session.online.exception() is not None:
+            return  # it never came online
         async with scoped(session.org_id):
             server = await Server.get_or_none(id=session.server_id)
             if server is None:
@@ -333,36 +385,32 @@ class AgentHub:
 
     async def _result(self, session: AgentSession, frame: Frame) -> None:
         body = frame.body
+        command_id = body["command_id"]
+        waiter = self._waiters.get(command_id)
+        if waiter is not None and command_id in session.pending:
+            if not waiter.done():  # the issuing coroutine stores it, batched with its peers
+                waiter.set_result(Reply(body, frame.sig, time.monotonic()))
+            return
         try:
-            command_id = uuid.UUID(body["command_id"])
+            uuid.UUID(command_id)
         except ValueError:
             log.warning(
-                "agent %s refused an unparseable command: %s %s",
+                "agent %s refused an unreadable command: %s %s",
                 session.server_id,
                 body.get("code"),
                 body.get("message"),
             )
             return
-        async with scoped(session.org_id):
+        async with scoped(session.org_id):  # a late result: nobody waits any more
             updated = await Command.filter(
                 id=command_id,
                 server_id=session.server_id,
-                status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT],
-            ).update(
-                status=CommandStatus(body["status"]),
-                code=body.get("code"),
-                message=body.get("message"),
-                output=body.get("output"),
-                result_signature=frame.sig,
-                finished_at=datetime.now(UTC),
-            )
+                status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT, CommandStatus.UNDELIVERED],
+            ).update(**_result_fields(Reply(body, frame.sig, time.monotonic())))
         if not updated:
             log.warning(
                 "agent %s reported a result for unknown command %s", session.server_id, command_id
             )
-        waiter = self._waiters.get(str(command_id))
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def _agent_key(self, session: AgentSession, body: dict[str, Any]) -> None:
         if body["old_public_key"] != session.public_key:
@@ -414,15 +462,33 @@ class AgentHub:
         timeout_s: float,
     ) -> Command:
         """Send a signed command and wait for its signed result (or the timeout)."""
-        session = self.sessions.get(server.id)
-        if session is None:
+        if server.id not in self.sessions:
             raise AgentUnavailable(f"the agent of {server.name} is not connected")
+        outcome = (
+            await self.run_many(org_id, [server], action, kind, params, issued_by, timeout_s)
+        )[0]
+        return outcome.command
+
+    async def run_many(
+        self,
+        org_id: uuid.UUID,
+        servers: list[Server],
+        action: str,
+        kind: str,
+        params: dict[str, Any],
+        issued_by: str,
+        timeout_s: float,
+    ) -> list[Outcome]:
+        """Fan a command out to several servers; results are stored in one transaction."""
         key = self.key
-        frame = protocol.new_command(key.key, str(server.id), action, params)
-        body = frame.body
-        async with scoped(org_id):
-            await Command.create(
+        sent: list[tuple[Command, AgentSession | None, Frame | None]] = []
+        for server in servers:
+            session = self.sessions.get(server.id)
+            frame = protocol.new_command(key.key, str(server.id), action, params)
+            body = frame.body
+            command = Command(
                 id=uuid.UUID(body["id"]),
+                organization_id=org_id,
                 server_id=server.id,
                 action=action,
                 kind=kind,
@@ -432,31 +498,67 @@ class AgentHub:
                 expires_at=body["expires_at"],
                 nonce=body["nonce"],
                 signing_key_id=key.key_id,
+                status=CommandStatus.SENT if session else CommandStatus.UNDELIVERED,
+                message=None if session else "the agent is not connected",
             )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[body["id"]] = waiter
-        session.pending.add(body["id"])
-        try:
-            try:
-                session.outbox.put_nowait(frame.encode())
-            except asyncio.QueueFull:
-                raise AgentUnavailable(f"the agent of {server.name} is not keeping up") from None
-            await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            async with scoped(org_id):
-                await Command.filter(id=body["id"], status=CommandStatus.SENT).update(
-                    status=CommandStatus.TIMEOUT, message=f"no result within {timeout_s:.0f} s"
-                )
-        finally:
-            self._waiters.pop(body["id"], None)
-            session.pending.discard(body["id"])
+            sent.append((command, session, frame if session else None))
         async with scoped(org_id):
-            # Still "sent": the session ended before the agent answered.
-            await Command.filter(id=body["id"], status=CommandStatus.SENT).update(
-                status=CommandStatus.UNDELIVERED,
-                message="the agent disconnected before reporting a result",
-            )
-            return await Command.get(id=body["id"])
+            await Command.bulk_create([command for command, _, _ in sent])
+
+        loop = asyncio.get_running_loop()
+        waiters: dict[str, asyncio.Future[Reply]] = {}
+        started = time.monotonic()
+        for command, session, signed in sent:
+            if session is None or signed is None:
+                continue
+            command_id = str(command.id)
+            future: asyncio.Future[Reply] = loop.create_future()
+            self._waiters[command_id] = future
+            session.pending.add(command_id)
+            try:
+                session.outbox.put_nowait(signed.encode())
+            except asyncio.QueueFull:
+                future.cancel()  # the agent is not keeping up: counted as undelivered
+                continue
+            waiters[command_id] = future
+        try:
+            if waiters:
+                await asyncio.wait(waiters.values(), timeout=timeout_s)
+        finally:
+            for command, session, _ in sent:
+                self._waiters.pop(str(command.id), None)
+                if session is not None:
+                    session.pending.discard(str(command.id))
+
+        outcomes = []
+        now = datetime.now(UTC)
+        for command, session, _ in sent:
+            answered = waiters.get(str(command.id))
+            latency = None
+            if answered is not None and answered.done() and not answered.cancelled():
+                reply = answered.result()
+                for name, value in _result_fields(reply, now).items():
+                    setattr(command, name, value)
+                latency = (reply.received - started) * 1000
+            elif session is not None and (session.closed or answered is None):
+                command.status = CommandStatus.UNDELIVERED
+                command.message = "the agent disconnected before reporting a result"
+            elif session is not None:
+                command.status = CommandStatus.TIMEOUT
+                command.message = f"no result within {timeout_s:.0f} s"
+            outcomes.append(Outcome(command, latency))
+        async with scoped(org_id):
+            for command, _, _ in sent:
+                if command.status != CommandStatus.SENT:
+                    await Command.filter(id=command.id, status=CommandStatus.SENT).update(
+                        status=command.status,
+                        code=command.code,
+                        message=command.message,
+                        output=command.output,
+                        result_signature=command.result_signature,
+                        finished_at=command.finished_at or now,
+                    )
+        return outcomes
 
     async def push_registry(self, server: Server) -> None:
         """Send a new signed registry (after the security mode changed)."""

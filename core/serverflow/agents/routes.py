@@ -135,4 +135,5 @@ async def register(data: RegisterIn) -> Response:
 
 @bp.websocket("/agent/ws")
 async def agent_channel() -> None:
-    await current().hub.serve(websocket)
+    # The object itself, not the context-local proxy: other tasks send and close through it.
+    await current().hub.serve(websocket._get_current_object())  # type: ignore[attr-defined]
