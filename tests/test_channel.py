@@ -529,3 +529,49 @@ async def test_control_plane_key_rotation(deployment: Deployment) -> None:
     await offline.handshake()
     assert offline.control_plane_key == online.control_plane_key
     await offline.close()
+
+
+async def test_fan_out_to_many_agents(deployment: Deployment) -> None:
+    agents = [enrolled(deployment) for _ in range(5)]
+    sleeper = enrolled(deployment)  # registered, never connects
+    for agent in agents:
+        await agent.handshake()
+    serving = [asyncio.create_task(a.serve()) for a in agents]
+    try:
+        ids = [a.server_id for a in agents] + [sleeper.server_id]
+        ran = await api(
+            deployment, "POST", "/actions/sim.echo", json={"servers": ids[:-1], "params": {"n": 1}}
+        )
+        assert ran.status_code == 200, ran.text
+        commands = ran.json()["commands"]
+        assert sorted(c["server_id"] for c in commands) == sorted(ids[:-1])
+        assert all(c["status"] == "ok" and c["output"] == {"echo": {"n": 1}} for c in commands)
+        assert all(c["latency_ms"] is not None and c["latency_ms"] >= 0 for c in commands)
+        # Every result was stored, each with its own signature.
+        for command in commands:
+            stored = (await api(deployment, "GET", f"/commands/{command['id']}")).json()
+            assert stored["status"] == "ok"
+        # A server that is not connected: its command is recorded as undelivered.
+        partial = (
+            await api(
+                deployment,
+                "POST",
+                "/actions/sim.echo",
+                json={"servers": [ids[0], sleeper.server_id]},
+            )
+        ).json()["commands"]
+        by_server = {c["server_id"]: c["status"] for c in partial}
+        assert by_server == {ids[0]: "ok", sleeper.server_id: "undelivered"}
+        # Viewers may fan out read actions; unknown servers are a clear 404.
+        missing = await api(
+            deployment,
+            "POST",
+            "/actions/sim.echo",
+            json={"servers": ["9c6f3c1e-0000-4000-8000-000000000000"]},
+        )
+        assert missing.json()["error"]["code"] == "SRV001"
+    finally:
+        for task in serving:
+            task.cancel()
+        for agent in agents:
+            await agent.close()

@@ -38,12 +38,14 @@ def tls_pin(settings: Settings) -> str | None:
         return None
     try:
         pem = settings.tls_certfile.read_text()
-        der = ssl.PEM_cert_to_DER_cert(pem.split("-----END CERTIFICATE-----")[0]
-                                       + "-----END CERTIFICATE-----\n")
+        der = ssl.PEM_cert_to_DER_cert(
+            pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        )
         return spki_pin(der)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the TLS certificate {settings.tls_certfile}: {exc}") \
-            from exc
+        raise ConfigError(
+            f"cannot read the TLS certificate {settings.tls_certfile}: {exc}"
+        ) from exc
 
 
 async def _forward_events_to_plugins(cp: ControlPlane) -> None:
@@ -75,8 +77,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         QUART_AUTH_DURATION=settings.session_hours * 3600,
         QUART_SCHEMA_CONVERT_CASING=False,
     )
-    cp = ControlPlane(settings=settings, keys=keys, plugins=plugins,
-                      tls_pin=tls_pin(settings))
+    cp = ControlPlane(settings=settings, keys=keys, plugins=plugins, tls_pin=tls_pin(settings))
     app.extensions[EXTENSION] = cp
 
     QuartAuth(app)

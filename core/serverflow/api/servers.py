@@ -332,3 +332,79 @@ async def read_command(command_id: str) -> CommandOut:
 async def list_events(query_args: Limit) -> EventList:
     rows = await Event.all().order_by("-id").limit(query_args.limit)
     return EventList(events=[EventOut.model_validate(e) for e in rows])
+
+
+class FanOutIn(Input):
+    servers: list[str] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Server ids; default: every connected server whose agent has the action.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FanOutCommand(CommandOut):
+    latency_ms: float | None = Field(
+        description="From signing the command to its verified result, on the control plane."
+    )
+
+
+class FanOutList(Output):
+    commands: list[FanOutCommand]
+
+
+@bp.post("/actions/<action>")
+@requires(Role.VIEWER, atomic=False)
+@validate_request(FanOutIn)
+@validate_response(FanOutList)
+async def fan_out(action: str, data: FanOutIn) -> FanOutList:
+    """Run one action on many servers at once; each gets its own signed command."""
+    caller = principal()
+    hub = current().hub
+    async with scoped(caller.org_id):
+        if data.servers is None:
+            servers = await Server.filter(id__in=list(hub.sessions))
+        else:
+            ids = [parse_id(s, "SRV001", "server") for s in data.servers]
+            servers = await Server.filter(id__in=ids)
+            if len(servers) != len(set(ids)):
+                missing = set(ids) - {s.id for s in servers}
+                raise NotFound(f"servers not found: {', '.join(map(str, missing))}", code="SRV001")
+    targets = []
+    timeout = 15.0
+    kinds = set()
+    for server in servers:
+        if server.id not in hub.sessions:
+            targets.append(server)  # recorded as undelivered, like any unreachable target
+            continue
+        spec = inventory_entry(server, action)
+        if spec is None or spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
+            if data.servers is not None:
+                raise PermissionDenied(f"{server.name} cannot run {action!r}", code="ACT002")
+            continue
+        try:
+            validate(data.params, spec["params_schema"])
+        except SchemaError as exc:
+            raise InvalidInput(
+                f"invalid params for {action} on {server.name}: {exc}", code="ACT003"
+            ) from exc
+        kinds.add(spec["kind"])
+        timeout = max(timeout, float(spec["timeout"]) + 15)
+        targets.append(server)
+    for kind in kinds:
+        if not caller.can(ROLE_FOR_KIND[kind]):
+            raise PermissionDenied(
+                f"{kind} actions need the {ROLE_FOR_KIND[kind]} role", code="AUTH004"
+            )
+    kind = "destructive" if "destructive" in kinds else "change" if "change" in kinds else "read"
+    outcomes = await hub.run_many(
+        caller.org_id, targets, action, kind, data.params, caller.label, timeout
+    )
+    return FanOutList(
+        commands=[
+            FanOutCommand(
+                **CommandOut.model_validate(o.command).model_dump(), latency_ms=o.latency_ms
+            )
+            for o in outcomes
+        ]
+    )
