@@ -369,8 +369,27 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _integer(text: str) -> int | float:
+    """JSON numbers are doubles on the wire: a canonical float such as 1e20 is written as
+    integer digits, and must come back as a float to re-encode identically."""
+    value = int(text)
+    if abs(value) <= MAX_SAFE_INTEGER:
+        return value
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ProtocolError("FRM002", "number out of range") from exc
+
+
 def _no_constants(name: str) -> Any:
     raise ProtocolError("FRM002", f"{name} is not JSON")
+
+
+def loads(text: str) -> Any:
+    """Parse JSON the way frames are parsed: strict, and numbers as JavaScript sees them."""
+    return json.loads(
+        text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_int=_integer
+    )
 
 
 def _check_body(frame_type: str, body: Any) -> None:
@@ -392,7 +411,7 @@ def parse_frame(data: str | bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     if len(data) > max_bytes or len(data.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError("FRM001", f"frame larger than {max_bytes} bytes")
     try:
-        raw = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        raw = loads(data)
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -1,0 +1,82 @@
+"""The built-in read actions, registered through the `serverflow_agent` entry point
+`builtin` like any third-party plugin. Their handlers live in serverflow_agent.system."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from serverflow_agent.actions import ActionSpec
+from serverflow_agent.hookspecs import hookimpl
+
+SERVICE_NAME = r"[A-Za-z0-9@._][A-Za-z0-9@._-]{0,99}"
+
+
+def _params(properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties or {}, "additionalProperties": False}
+
+
+ACTIONS = [
+    ActionSpec(
+        name="system.info",
+        description="Host name, operating system, kernel, architecture, CPUs, memory, boot time.",
+        kind="read",
+        handler="serverflow_agent.system:info",
+        params_schema=_params(),
+        timeout=10,
+        memory_limit_mb=256,
+    ),
+    ActionSpec(
+        name="system.metrics",
+        description="CPU, load, memory, disk, network and uptime, as sent in heartbeats.",
+        kind="read",
+        handler="serverflow_agent.system:metrics",
+        params_schema=_params(),
+        timeout=10,
+        memory_limit_mb=256,
+    ),
+    ActionSpec(
+        name="system.disk_usage",
+        description="Usage of the file system holding `path`, or of every mounted one.",
+        kind="read",
+        handler="serverflow_agent.system:disk_usage",
+        params_schema=_params(
+            {"path": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "/.*"}}
+        ),
+        timeout=10,
+        memory_limit_mb=256,
+    ),
+    ActionSpec(
+        name="system.top_processes",
+        description="The processes using the most CPU or memory (names only, no command lines).",
+        kind="read",
+        handler="serverflow_agent.system:top_processes",
+        params_schema=_params(
+            {
+                "limit": {"type": "integer", "minimum": 1, "maximum": 50},
+                "sort_by": {"type": "string", "enum": ["cpu", "memory"]},
+            }
+        ),
+        timeout=15,
+        memory_limit_mb=256,
+    ),
+    ActionSpec(
+        name="system.service_status",
+        description="State of a systemd unit (systemctl show): load, active and sub state, PID.",
+        kind="read",
+        handler="serverflow_agent.system:service_status",
+        # A name may not start with "-": it must never be read as a systemctl option.
+        params_schema={
+            **_params({"name": {"type": "string", "pattern": SERVICE_NAME}}),
+            "required": ["name"],
+        },
+        timeout=15,
+        memory_limit_mb=256,
+    ),
+]
+
+
+@hookimpl
+def register_actions(register: Callable[[ActionSpec], None]) -> None:
+    for spec in ACTIONS:
+        register(spec)

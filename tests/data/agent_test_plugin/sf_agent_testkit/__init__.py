@@ -1,0 +1,1 @@
+"""Test-only agent actions (see plugin.py)."""
