@@ -221,6 +221,8 @@ class Command(TenantModel):
     message = fields.TextField(null=True)
     output: Any = fields.JSONField(null=True)
     result_signature = fields.CharField(max_length=100, null=True)
+    # The exact result body the agent signed, so the signature can be checked again later.
+    result_body: Any = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     finished_at = fields.DatetimeField(null=True)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,10 +42,14 @@ def run_cli(
 
 
 class ControlPlaneProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, ca_file: Path | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file = ca_file
+        scheme = "https" if env and env.get("SERVERFLOW_TLS_CERTFILE") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.env = cli_env(data_dir, **(env or {}))
         self.log_path = data_dir.parent / f"controlplane-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,7 +68,10 @@ class ControlPlaneProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"serverflow up exited early:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                verify: Any = (
+                    ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+                )
+                if httpx.get(self.url + "/healthz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -99,9 +108,13 @@ class Deployment:
         self.url = cp.url
 
     def http(self, role: str = "owner") -> httpx.Client:
+        verify: Any = (
+            ssl.create_default_context(cafile=self.cp.ca_file) if self.cp.ca_file else True
+        )
         return httpx.Client(
             base_url=self.url + "/api/v1",
             timeout=60,
+            verify=verify,
             headers={"Authorization": f"Bearer {self.tokens[role]}"},
         )
 
@@ -112,7 +125,12 @@ class Deployment:
         return run_cli(*args, env=env, check=check)
 
 
-def bootstrap(data_dir: Path, env: dict[str, str] | None = None, org: str = "Acme") -> Deployment:
+def bootstrap(
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    org: str = "Acme",
+    ca_file: Path | None = None,
+) -> Deployment:
     """Migrate, create an owner and a token per role, start `serverflow up`."""
     import json
 
@@ -125,4 +143,4 @@ def bootstrap(data_dir: Path, env: dict[str, str] | None = None, org: str = "Acm
             "tokens", "create", "--org", slug, "--name", role, "--role", role, "--json", env=cli
         ).stdout
         tokens[role] = json.loads(out)["token"]
-    return Deployment(ControlPlaneProcess(data_dir, env=env).start(), tokens)
+    return Deployment(ControlPlaneProcess(data_dir, env=env, ca_file=ca_file).start(), tokens)

@@ -88,6 +88,7 @@ def _result_fields(reply: Reply, now: datetime | None = None) -> dict[str, Any]:
         "message": body.get("message"),
         "output": body.get("output"),
         "result_signature": reply.sig,
+        "result_body": body,
         "finished_at": now or datetime.now(UTC),
     }
 
@@ -134,10 +135,19 @@ class AgentHub:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for session in list(self.sessions.values()):
+        sessions = list(self.sessions.values())
+        for session in sessions:
             await self._close(session, 1001, "control plane shutting down")
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush()
+        # Their servers are offline now, as far as this instance knows; an agent that
+        # reconnects to another instance is marked online again there.
+        for session in sessions:
+            if self.sessions.get(session.server_id) is session:
+                session.closed = True
+                self._spawn(self._gone(session))
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -556,6 +566,7 @@ class AgentHub:
                         message=command.message,
                         output=command.output,
                         result_signature=command.result_signature,
+                        result_body=command.result_body,
                         finished_at=command.finished_at or now,
                     )
         return outcomes
