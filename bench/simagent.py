@@ -74,7 +74,11 @@ class SimAgent:
 
     async def connect(self, hello_key: str | None = None) -> None:
         self.ws = await connect(
-            self.ws_url, max_size=protocol.MAX_FRAME_BYTES * 2, open_timeout=30, ping_interval=None
+            self.ws_url,
+            max_size=protocol.MAX_FRAME_BYTES * 2,
+            open_timeout=30,
+            ping_interval=None,
+            compression=None,  # as the real agent: frames are small, deflate only costs CPU
         )
         await self.send(
             protocol.make_frame(
@@ -180,10 +184,10 @@ class SimAgent:
                 frame = protocol.parse_frame(data)
                 self.received.append(frame)
                 if frame.type == "key_rotation":
-                    protocol.verify(self.control_plane_key, frame.type, frame.body, frame.sig)
+                    frame.verify(self.control_plane_key)
                     self.control_plane_key = frame.body["new_public_key"]
                 elif frame.type == "command":
-                    protocol.verify(self.control_plane_key, frame.type, frame.body, frame.sig)
+                    frame.verify(self.control_plane_key)
                     if self.on_command is not None:
                         await self.on_command(self, frame)
                     else:

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,26 @@ def test_signed_frames_survive_encoding() -> None:
     parsed = protocol.parse_frame(frame.encode())
     assert parsed == frame
     protocol.verify(PUBLIC, "command", parsed.body, parsed.sig)
+
+
+def test_signatures_verify_in_any_layout_and_only_untampered() -> None:
+    body = {"server_id": "s1", "seq": 3, "sent_at": 5, "metrics": {"cpu": 1.5, "big": 1e20}}
+    frame = protocol.make_frame("heartbeat", body, KEY)
+    canonical_text = frame.encode()
+    assert protocol.parse_frame(canonical_text).raw is not None
+    protocol.parse_frame(canonical_text).verify(PUBLIC)
+    # Another layout of the same frame (pretty-printed, keys reordered): still verifies.
+    relaid = json.dumps(
+        {"type": "heartbeat", "sig": frame.sig, "body": json.loads(canonical_text)["body"]},
+        indent=2,
+    )
+    assert protocol.parse_frame(relaid).raw is None
+    protocol.parse_frame(relaid).verify(PUBLIC)
+    # Any change to the body, in either layout, is refused.
+    for text in (
+        canonical_text.replace('"seq":3', '"seq":4'),
+        relaid.replace('"seq": 3', '"seq": 4'),
+    ):
+        with pytest.raises(protocol.ProtocolError) as err:
+            protocol.parse_frame(text).verify(PUBLIC)
+        assert err.value.code == "SIG001"

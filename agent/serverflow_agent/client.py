@@ -367,7 +367,7 @@ class Agent:
 
     async def _verify(self, ws: ClientConnection, frame: protocol.Frame) -> None:
         try:
-            protocol.verify(self.config.control_plane_key, frame.type, frame.body, frame.sig)
+            frame.verify(self.config.control_plane_key)
         except ProtocolError:
             await self._fail(
                 ws,
@@ -457,7 +457,7 @@ class Agent:
     def _check_command(self, frame: protocol.Frame) -> ActionSpec:
         body = frame.body
         try:
-            protocol.verify(self.config.control_plane_key, "command", body, frame.sig)
+            frame.verify(self.config.control_plane_key)
         except ProtocolError as exc:
             raise Refusal("SIG001") from exc
         if body["server_id"] != self.config.server_id:

@@ -10,13 +10,14 @@ be replayed as another kind.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.exceptions
@@ -179,13 +180,40 @@ def sign(key: nacl.signing.SigningKey, frame_type: str, body: dict[str, Any]) ->
     return b64e(key.sign(signed_bytes(frame_type, body)).signature)
 
 
-def verify(public_key: str, frame_type: str, body: dict[str, Any], signature: str | None) -> None:
-    """Raise ProtocolError(SIG001) unless `signature` is `public_key`'s over this body."""
+def _sign_raw(key: nacl.signing.SigningKey, frame_type: str, raw: str) -> str:
+    return b64e(key.sign(DOMAIN + frame_type.encode("ascii") + b"\n" + raw.encode()).signature)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(b64d(public_key))
+
+
+def verify(
+    public_key: str,
+    frame_type: str,
+    body: dict[str, Any],
+    signature: str | None,
+    raw: str | None = None,
+) -> None:
+    """Raise ProtocolError(SIG001) unless `signature` is `public_key`'s over this body.
+
+    `raw` is the body's text as received. A conforming sender transmits the canonical
+    form, so verifying those bytes first avoids re-encoding; the parsed body is that very
+    text, so nothing unsigned can slip through. Otherwise the body is re-canonicalized.
+    """
     if not signature:
         raise ProtocolError("SIG001", "frame is not signed")
     try:
-        verify_key = nacl.signing.VerifyKey(b64d(public_key))
-        verify_key.verify(signed_bytes(frame_type, body), b64d(signature))
+        verify_key = _verify_key(public_key)
+        sig = b64d(signature)
+        if raw is not None:
+            try:
+                verify_key.verify(DOMAIN + frame_type.encode("ascii") + b"\n" + raw.encode(), sig)
+                return
+            except nacl.exceptions.BadSignatureError:
+                pass
+        verify_key.verify(signed_bytes(frame_type, body), sig)
     except (
         nacl.exceptions.BadSignatureError,
         nacl.exceptions.ValueError,
@@ -340,12 +368,17 @@ class Frame:
     type: str
     body: dict[str, Any]
     sig: str | None = None
+    # The body's canonical text when known (made here, or received in canonical form):
+    # saves encoding it twice when sending and once more when verifying.
+    raw: str | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> str:
-        data: dict[str, Any] = {"type": self.type, "body": self.body}
-        if self.sig is not None:
-            data["sig"] = self.sig
-        return canonical(data).decode("utf-8")
+        body = self.raw if self.raw is not None else canonical(self.body).decode("utf-8")
+        sig = "" if self.sig is None else f',"sig":{json.dumps(self.sig)}'
+        return f'{{"body":{body}{sig},"type":{json.dumps(self.type)}}}'
+
+    def verify(self, public_key: str) -> None:
+        verify(public_key, self.type, self.body, self.sig, self.raw)
 
 
 def make_frame(
@@ -353,11 +386,12 @@ def make_frame(
 ) -> Frame:
     """Build (and sign, unless the type is unsigned) a frame; the body is validated too."""
     _check_body(frame_type, body)
+    raw = canonical(body).decode("utf-8")
     if frame_type in UNSIGNED:
-        return Frame(frame_type, body)
+        return Frame(frame_type, body, raw=raw)
     if key is None:
         raise ValueError(f"{frame_type} frames must be signed")
-    return Frame(frame_type, body, sign(key, frame_type, body))
+    return Frame(frame_type, body, _sign_raw(key, frame_type, raw), raw)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -431,7 +465,16 @@ def parse_frame(data: str | bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     elif not isinstance(sig, str) or len(sig) > 100:
         raise ProtocolError("FRM004", f"{frame_type} frames must carry a signature")
     assert isinstance(body, dict)  # _check_body validated it against an object schema
-    return Frame(frame_type, body, sig)
+    return Frame(frame_type, body, sig, _raw_body(data, frame_type, sig))
+
+
+def _raw_body(data: str, frame_type: str, sig: str | None) -> str | None:
+    """The body's text if the frame is laid out canonically ({"body":...,"sig":...,"type":...})."""
+    sig_part = "" if sig is None else f',"sig":{json.dumps(sig)}'
+    tail = f'{sig_part},"type":{json.dumps(frame_type)}}}'
+    if data.startswith('{"body":') and data.endswith(tail):
+        return data[len('{"body":') : len(data) - len(tail)]
+    return None
 
 
 def error_frame(code: str, message: str | None = None) -> Frame:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from serverflow import signing
 from serverflow.agents.registry import registry_body
 from serverflow.errors import AgentUnavailable
-from serverflow.events import EventBus, record
+from serverflow.events import EventBus, LiveEvent, record
 from serverflow.keys import Cipher
 from serverflow.models import (
     Command,
@@ -80,6 +80,17 @@ class Outcome:
     latency_ms: float | None  # from signing to the verified result, on this control plane
 
 
+RESULT_FIELDS = [
+    "status",
+    "code",
+    "message",
+    "output",
+    "result_signature",
+    "result_body",
+    "finished_at",
+]
+
+
 def _result_fields(reply: Reply, now: datetime | None = None) -> dict[str, Any]:
     body = reply.body
     return {
@@ -109,6 +120,7 @@ class AgentHub:
         self.sessions: dict[uuid.UUID, AgentSession] = {}
         self._waiters: dict[str, asyncio.Future[Reply]] = {}
         self._beats: list[_Beat] = []
+        self._persisted: dict[uuid.UUID, float] = {}  # server id -> when its row was updated
         self._key: signing.ActiveKey | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -366,7 +378,7 @@ class AgentHub:
             raise ProtocolError(str(frame.body["code"]), f"agent said: {frame.body['message']}")
         if frame.type not in {"heartbeat", "result", "event", "agent_key"}:
             raise ProtocolError("FRM005", f"agents do not send {frame.type} frames")
-        protocol.verify(session.public_key, frame.type, frame.body, frame.sig)
+        frame.verify(session.public_key)
         if frame.body["server_id"] != str(session.server_id):
             raise ProtocolError("CMD002", "frame names another server")
         if frame.type == "heartbeat":
@@ -389,6 +401,9 @@ class AgentHub:
             log.warning("agent %s: stale heartbeat seq %s", session.server_id, body["seq"])
             return
         session.last_seq = body["seq"]
+        self.bus.publish(
+            LiveEvent("server.metrics", session.org_id, session.server_id, body["metrics"])
+        )
         self._beats.append(
             _Beat(session.org_id, session.server_id, datetime.now(UTC), body["metrics"])
         )
@@ -557,18 +572,20 @@ class AgentHub:
                 command.status = CommandStatus.TIMEOUT
                 command.message = f"no result within {timeout_s:.0f} s"
             outcomes.append(Outcome(command, latency))
+        answered_commands = [o.command for o in outcomes if o.latency_ms is not None]
+        unanswered = [
+            o.command
+            for o in outcomes
+            if o.latency_ms is None
+            and o.command.status in (CommandStatus.TIMEOUT, CommandStatus.UNDELIVERED)
+        ]
         async with scoped(org_id):
-            for command, _, _ in sent:
-                if command.status != CommandStatus.SENT:
-                    await Command.filter(id=command.id, status=CommandStatus.SENT).update(
-                        status=command.status,
-                        code=command.code,
-                        message=command.message,
-                        output=command.output,
-                        result_signature=command.result_signature,
-                        result_body=command.result_body,
-                        finished_at=command.finished_at or now,
-                    )
+            if answered_commands:  # one statement per batch instead of one per command
+                await Command.bulk_update(answered_commands, fields=RESULT_FIELDS, batch_size=200)
+            for command in unanswered:  # only if no late result landed meanwhile
+                await Command.filter(id=command.id, status=CommandStatus.SENT).update(
+                    status=command.status, message=command.message, finished_at=now
+                )
         return outcomes
 
     async def push_registry(self, server: Server) -> None:
@@ -598,7 +615,15 @@ class AgentHub:
                         for b in group
                     ]
                 )
+                # The server row (latest metrics, last seen) is refreshed at most every half
+                # offline window: often enough for presence across instances, without one
+                # UPDATE per heartbeat. Live figures reach dashboards through the event bus.
+                every = self.interval_ms * self.settings.offline_after_missed / 2000
+                now = time.monotonic()
                 for server_id, beat in latest.items():
+                    if now - self._persisted.get(server_id, 0.0) < every:
+                        continue
+                    self._persisted[server_id] = now
                     await Server.filter(id=server_id).update(
                         last_seen_at=beat.at, metrics=beat.metrics, status=ServerStatus.ONLINE
                     )
