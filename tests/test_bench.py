@@ -12,13 +12,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_agents_bench_small() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "agents.py"), "--agents", "12", "--rounds", "2",
-         "--idle-seconds", "3"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "agents.py"),
+            "--agents",
+            "12",
+            "--rounds",
+            "2",
+            "--idle-seconds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     figures = json.loads(lines[-1])
     assert figures["connected"] == 12
-    for key in ("connect_seconds", "fanout_1_p99_ms", "fanout_all_p99_ms", "cp_rss_mb",
-                "cp_cpu_per_agent_percent", "agent_idle_rss_mb", "agent_idle_cpu_percent"):
+    for key in (
+        "connect_seconds",
+        "fanout_1_p99_ms",
+        "fanout_all_p99_ms",
+        "cp_rss_mb",
+        "cp_cpu_per_agent_percent",
+        "agent_idle_rss_mb",
+        "agent_idle_cpu_percent",
+    ):
         assert isinstance(figures[key], int | float), key
     assert "target: p99 < 250 ms" in proc.stdout and "target: < 40 MB" in proc.stdout
