@@ -92,6 +92,8 @@ class AgentConfig:
     tls_pin: str | None = None
     ca_file: str | None = None
     heartbeat_interval_ms: int | None = None
+    # Where deploys put releases, nginx files, certificates (serverflow_agent.deploy.settings).
+    deploy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):

@@ -1,0 +1,1 @@
+"""Deploys on the agent: reconciling the signed desired state (docs/deploys.md)."""
