@@ -80,6 +80,8 @@ async def generate(dialect: str, name: str, root: Path | None = None) -> Path | 
     new = [p for p in created if p.name != "__init__.py"]
     if not new:
         return None
+    # aerich escapes "/" in SQL comments as "\/", an invalid escape in a Python string.
+    new[0].write_text(new[0].read_text().replace("\\/", "/"))
     if dialect == "postgres":
         add_rls(new[0])
     return new[0]

@@ -94,7 +94,7 @@ class ControlPlaneUnderTest:
 async def control_plane(db_url: str, tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
     settings = make_settings(tmp_path, db_url)
     await db.migrate(db_url)
-    app = create_app(settings, plugins=Plugins(load=False))
+    app = create_app(settings, plugins=Plugins())
     async with app.test_app() as test_app:
         yield ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
 

@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         await db.init_orm(settings.database)
         try:
             await cp.hub.start()
+            await cp.deployer.start()
         except BaseException:
             await db.close_orm()  # an open SQLite thread would keep the process alive
             raise
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     async def _stop() -> None:
         for task in background:
             task.cancel()
+        await cp.deployer.stop()
         await cp.hub.stop()
         await db.close_orm()
 

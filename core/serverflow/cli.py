@@ -463,6 +463,237 @@ def run_command(
 
 
 @main.group()
+def apps() -> None:
+    """Apps: git repositories deployed to servers."""
+
+
+@apps.command("create")
+@click.argument("name")
+@click.option("--server", "servers", multiple=True, required=True, help="Server name; repeatable.")
+@click.option("--repo", required=True, help="https://, ssh://, git@host: URL, or a path.")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--domain", "domains", multiple=True, help="Domain to serve; repeatable.")
+@click.option("--build", "build", multiple=True, help="Build step (no shell); repeatable.")
+@click.option("--start", default=None, help="Start command (no shell); detected if omitted.")
+@click.option("--port", type=int, default=None, help="Fixed port (default: one per release).")
+@click.option("--env", "env", multiple=True, help="KEY=VALUE; repeatable.")
+@click.option("--health-path", default="/", show_default=True)
+@click.option("--no-tls", is_flag=True, help="Serve plain HTTP (no certificate).")
+@click.option("--runtime", default=None, help="Runtime plugin (default pm2).")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def apps_create(
+    name: str,
+    servers: tuple[str, ...],
+    repo: str,
+    branch: str,
+    domains: tuple[str, ...],
+    build: tuple[str, ...],
+    start: str | None,
+    port: int | None,
+    env: tuple[str, ...],
+    health_path: str,
+    no_tls: bool,
+    runtime: str | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Create an app; `serverflow deploy NAME --wait` then puts it live."""
+    body: dict[str, Any] = {
+        "name": name,
+        "servers": list(servers),
+        "repo": repo,
+        "branch": branch,
+        "domains": list(domains),
+        "env": _parse_env(env),
+        "health_path": health_path,
+        "tls": not no_tls,
+    }
+    if build:
+        body["build"] = list(build)
+    for key, value in (("start", start), ("port", port), ("runtime", runtime)):
+        if value is not None:
+            body[key] = value
+    app = _client(url, token).request("POST", "/apps", json=body)
+    if as_json:
+        click.echo(json.dumps(app))
+    else:
+        click.echo(
+            f"app {app['name']} created on {', '.join(s['name'] for s in app['servers'])}"
+            f"; deploy it with: serverflow deploy {app['name']} --wait"
+        )
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
+@apps.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
+    """Apps with their servers and domains."""
+    rows = _client(url, token).request("GET", "/apps")["apps"]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        servers = ", ".join(s["name"] for s in row["servers"])
+        click.echo(
+            f"{row['name']:<24} {row['branch']:<12} {servers:<24} {', '.join(row['domains'])}"
+        )
+
+
+@apps.command("env")
+@click.argument("app")
+@click.argument("pairs", nargs=-1)
+@click.option("--unset", "unset", multiple=True, help="Variable to remove; repeatable.")
+@_remote
+def apps_env(
+    app: str, pairs: tuple[str, ...], unset: tuple[str, ...], url: str | None, token: str | None
+) -> None:
+    """Show (masked) or set environment variables: `serverflow apps env shop KEY=VALUE`."""
+    client = _client(url, token)
+    if pairs or unset:
+        result = client.request(
+            "PUT", f"/apps/{app}/env", json={"set": _parse_env(pairs), "unset": list(unset)}
+        )
+    else:
+        result = client.request("GET", f"/apps/{app}")
+    for key, value in sorted(result["env"].items()):
+        click.echo(f"{key}={value}")
+
+
+@apps.command("delete")
+@click.argument("app")
+@click.confirmation_option(prompt="Stop the app on its servers and delete it?")
+@_remote
+def apps_delete(app: str, url: str | None, token: str | None) -> None:
+    """Stop the app everywhere and delete it."""
+    _client(url, token).request("DELETE", f"/apps/{app}")
+    click.echo(f"app {app} deleted")
+
+
+def _follow(client: Any, deployments: list[dict[str, Any]]) -> bool:
+    """Print each deployment's log live; True if all ended live."""
+    ok = True
+    for dep in deployments:
+        click.echo(f"==> deployment #{dep['number']} ({dep['kind']}) {dep['id']}")
+        final: dict[str, Any] = {}
+        for event, data in client.events(f"/deployments/{dep['id']}/logs?follow=true"):
+            if event == "log":
+                stage = f"[{data['stage']}] " if data.get("stage") else ""
+                click.echo(f"{stage}{data['line']}")
+            elif event == "status":
+                final = data
+        status = final.get("status", "unknown")
+        seconds = (final.get("duration_ms") or 0) / 1000
+        click.echo(
+            f"==> {status} in {seconds:.1f} s"
+            + (f": {final['reason']}" if final.get("reason") else "")
+        )
+        ok = ok and status == "live"
+    return ok
+
+
+@main.command("deploy")
+@click.argument("app")
+@click.option("--commit", default=None, help="Exact commit (default: the branch's head).")
+@click.option("--branch", default=None, help="Deploy this branch instead of the app's.")
+@click.option("--wait", is_flag=True, help="Follow the logs; exit non-zero on failure.")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def deploy_command(
+    app: str,
+    commit: str | None,
+    branch: str | None,
+    wait: bool,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Deploy an app (on each of its servers)."""
+    client = _client(url, token)
+    body = {k: v for k, v in (("commit", commit), ("branch", branch)) if v}
+    deps = client.request("POST", f"/apps/{app}/deploy", json=body)["deployments"]
+    if as_json and not wait:
+        click.echo(json.dumps(deps))
+        return
+    if not wait:
+        for dep in deps:
+            click.echo(f"deployment {dep['id']} queued; follow: serverflow logs {app} --follow")
+        return
+    if not _follow(client, deps):
+        raise click.exceptions.Exit(1)
+
+
+@main.command("rollback")
+@click.argument("app")
+@click.option("--to", "release", default=None, help="Release id (default: the previous one).")
+@click.option("--wait", is_flag=True)
+@_remote
+def rollback_command(
+    app: str, release: str | None, wait: bool, url: str | None, token: str | None
+) -> None:
+    """Bring back the previous release (kept on the server, not rebuilt)."""
+    client = _client(url, token)
+    deps = client.request(
+        "POST", f"/apps/{app}/rollback", json={"release": release} if release else {}
+    )["deployments"]
+    if not wait:
+        for dep in deps:
+            click.echo(f"rollback {dep['id']} to {dep['release']} queued")
+        return
+    if not _follow(client, deps):
+        raise click.exceptions.Exit(1)
+
+
+@main.command("deployments")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+@_remote
+def deployments_command(app: str, as_json: bool, url: str | None, token: str | None) -> None:
+    """An app's deployment history."""
+    rows = _client(url, token).request("GET", f"/apps/{app}/deployments")["deployments"]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        took = f"{row['duration_ms'] / 1000:.1f}s" if row["duration_ms"] else "-"
+        click.echo(
+            f"#{row['number']:<4} {row['kind']:<9} {row['status']:<10} "
+            f"{(row['release'] or '-'):<14} {took:>7}  {row['triggered_by']}"
+            + (f"  {row['reason']}" if row["reason"] else "")
+        )
+
+
+@main.command("logs")
+@click.argument("app")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until it ends.")
+@_remote
+def logs_command(app: str, follow: bool, url: str | None, token: str | None) -> None:
+    """The log of the app's latest deployment."""
+    client = _client(url, token)
+    rows = client.request("GET", f"/apps/{app}/deployments")["deployments"]
+    if not rows:
+        raise click.ClickException(f"{app} has no deployments yet")
+    latest = rows[0]
+    if follow:
+        _follow(client, [latest])
+        return
+    for line in client.request("GET", f"/deployments/{latest['id']}/logs")["lines"]:
+        stage = f"[{line['stage']}] " if line["stage"] else ""
+        click.echo(f"{stage}{line['line']}")
+
+
+@main.group()
 def keys() -> None:
     """The control plane's command-signing keys."""
 

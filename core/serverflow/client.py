@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -56,6 +58,31 @@ class ApiClient:
             err.status = response.status_code
             raise err
         return body
+
+    def events(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Follow a server-sent event stream: (event, data) pairs until it ends."""
+        try:
+            with self._http.stream("GET", "/api/v1" + path, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    error = response.json().get("error", {})
+                    raise ApiError(
+                        error.get("message", response.text[:200]),
+                        code=error.get("code", f"HTTP{response.status_code}"),
+                    )
+                event, data = "message", ""
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data += line[5:].strip()
+                    elif not line and data:
+                        yield event, json.loads(data)
+                        event, data = "message", ""
+        except httpx.HTTPError as exc:
+            raise ServerFlowError(
+                f"lost the control plane at {self.base_url}: {exc}", code="AGT001"
+            ) from exc
 
     def server(self, ref: str) -> dict[str, Any]:
         """A server by name or id."""

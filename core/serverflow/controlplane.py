@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from serverflow.agents.hub import AgentHub
+from serverflow.deploys.service import Deployer
 from serverflow.events import EventBus
 from serverflow.keys import AppKeys
 from serverflow.plugins import Plugins
@@ -22,10 +23,12 @@ class ControlPlane:
     plugins: Plugins
     bus: EventBus = field(default_factory=EventBus)
     hub: AgentHub = field(init=False)
+    deployer: Deployer = field(init=False)
     tls_pin: str | None = None
 
     def __post_init__(self) -> None:
         self.hub = AgentHub(self.settings, self.keys.cipher, self.bus)
+        self.deployer = Deployer(self.hub, self.bus, self.keys.cipher)
 
 
 def current() -> ControlPlane:

@@ -281,6 +281,130 @@ class SigningKey(Model):
         table = "signing_keys"
 
 
+class App(TenantModel):
+    """An application: a git repository deployed to one or more servers."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    name = fields.CharField(max_length=63)
+    repo_url = fields.CharField(max_length=1000)
+    branch = fields.CharField(max_length=255, default="main")
+    build_commands: Any = fields.JSONField(null=True)  # list of argv lists; null: detect
+    start_command: Any = fields.JSONField(null=True)  # argv; null: detect
+    port = fields.IntField(null=True)  # fixed port; null: a fresh one per release
+    env_encrypted = fields.TextField(default="")  # JSON object, encrypted (keys.Cipher)
+    health_path = fields.CharField(max_length=255, default="/")
+    health_timeout_s = fields.IntField(default=60)
+    domains: Any = fields.JSONField(default=list)
+    tls = fields.BooleanField(default=True)
+    runtime = fields.CharField(max_length=40, default="pm2")
+    keep_releases = fields.IntField(default=5)
+    webhook_secret_encrypted = fields.TextField(default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "apps"
+        unique_together = (("organization", "name"),)
+        manager = TenantManager()
+
+
+class AppServer(TenantModel):
+    """An app placed on a server, and the deployment live there."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    app: fields.ForeignKeyRelation[App] = fields.ForeignKeyField(
+        "models.App", related_name=False, on_delete=fields.CASCADE
+    )
+    app_id: uuid.UUID
+    server: fields.ForeignKeyRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, on_delete=fields.CASCADE
+    )
+    server_id: uuid.UUID
+    live_deployment_id = fields.UUIDField(null=True)
+
+    class Meta:
+        table = "app_servers"
+        unique_together = (("app", "server"),)
+        manager = TenantManager()
+
+
+class DeploymentStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    LIVE = "live"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # was live; a later deployment replaced it
+
+
+class Deployment(TenantModel):
+    """One deploy (or rollback) of an app to one server: what, why, how it went."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    app: fields.ForeignKeyRelation[App] = fields.ForeignKeyField(
+        "models.App", related_name=False, on_delete=fields.CASCADE
+    )
+    app_id: uuid.UUID
+    server: fields.ForeignKeyRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, on_delete=fields.CASCADE
+    )
+    server_id: uuid.UUID
+    number = fields.IntField()  # per app and server: 1, 2, 3...
+    kind = fields.CharField(max_length=16, default="deploy")  # deploy | rollback
+    branch = fields.CharField(max_length=255, default="")
+    commit_sha = fields.CharField(max_length=40, null=True)
+    release = fields.CharField(max_length=64, null=True)
+    spec: Any = fields.JSONField(null=True)  # the app entry sent to the agent (env omitted)
+    env_encrypted = fields.TextField(default="")  # the env it was deployed with (snapshot)
+    triggered_by = fields.CharField(max_length=300)
+    status = fields.CharEnumField(DeploymentStatus, max_length=16, default=DeploymentStatus.QUEUED)
+    reason = fields.TextField(null=True)
+    command_id = fields.UUIDField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    started_at = fields.DatetimeField(null=True)
+    finished_at = fields.DatetimeField(null=True)
+    duration_ms = fields.IntField(null=True)
+
+    class Meta:
+        table = "deployments"
+        unique_together = (("app", "server", "number"),)
+        manager = TenantManager()
+
+
+class DeploymentLog(TenantModel):
+    """One line of a deployment's log, as the agent streamed it."""
+
+    id = fields.BigIntField(primary_key=True)
+    deployment: fields.ForeignKeyRelation[Deployment] = fields.ForeignKeyField(
+        "models.Deployment", related_name=False, on_delete=fields.CASCADE
+    )
+    deployment_id: uuid.UUID
+    seq = fields.IntField()
+    at = fields.DatetimeField()
+    stage = fields.CharField(max_length=40, default="")
+    line = fields.TextField()
+
+    class Meta:
+        table = "deployment_logs"
+        manager = TenantManager()
+
+
+class ServerState(TenantModel):
+    """The desired-state version of a server, as docs on deploys describe it."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    server: fields.ForeignKeyRelation[Server] = fields.ForeignKeyField(
+        "models.Server", related_name=False, on_delete=fields.CASCADE, unique=True
+    )
+    server_id: uuid.UUID
+    version = fields.IntField(default=0)
+    hash = fields.CharField(max_length=64, default="")
+    applied_hash = fields.CharField(max_length=64, default="")
+
+    class Meta:
+        table = "server_states"
+        manager = TenantManager()
+
+
 TENANT_MODELS: tuple[type[TenantModel], ...] = (
     Membership,
     ApiToken,
@@ -288,4 +412,9 @@ TENANT_MODELS: tuple[type[TenantModel], ...] = (
     Command,
     Heartbeat,
     Event,
+    App,
+    AppServer,
+    Deployment,
+    DeploymentLog,
+    ServerState,
 )

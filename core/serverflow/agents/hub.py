@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -119,6 +121,7 @@ class AgentHub:
         self.bus = bus
         self.sessions: dict[uuid.UUID, AgentSession] = {}
         self._waiters: dict[str, asyncio.Future[Reply]] = {}
+        self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._beats: list[_Beat] = []
         self._persisted: dict[uuid.UUID, float] = {}  # server id -> when its row was updated
         self._key: signing.ActiveKey | None = None
@@ -386,6 +389,11 @@ class AgentHub:
         elif frame.type == "result":
             await self._result(session, frame)
         elif frame.type == "event":
+            if frame.body["kind"] == "progress":  # lines of a running command's log
+                listener = self._progress.get(str(frame.body["data"].get("command_id")))
+                if listener is not None:
+                    listener(frame.body["data"])
+                return
             await record(
                 self.bus,
                 f"agent.{frame.body['kind']}",
@@ -485,12 +493,15 @@ class AgentHub:
         params: dict[str, Any],
         issued_by: str,
         timeout_s: float,
+        on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> Command:
         """Send a signed command and wait for its signed result (or the timeout)."""
         if server.id not in self.sessions:
             raise AgentUnavailable(f"the agent of {server.name} is not connected")
         outcome = (
-            await self.run_many(org_id, [server], action, kind, params, issued_by, timeout_s)
+            await self.run_many(
+                org_id, [server], action, kind, params, issued_by, timeout_s, on_progress
+            )
         )[0]
         return outcome.command
 
@@ -503,8 +514,13 @@ class AgentHub:
         params: dict[str, Any],
         issued_by: str,
         timeout_s: float,
+        on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> list[Outcome]:
-        """Fan a command out to several servers; results are stored in one transaction."""
+        """Fan a command out to several servers; results are stored in one transaction.
+
+        `on_progress(command_id, data)` receives the progress lines the agent streams
+        while the command runs.
+        """
         key = self.key
         sent: list[tuple[Command, AgentSession | None, Frame | None]] = []
         for server in servers:
@@ -537,6 +553,8 @@ class AgentHub:
             if session is None or signed is None:
                 continue
             command_id = str(command.id)
+            if on_progress is not None:
+                self._progress[command_id] = functools.partial(on_progress, command_id)
             future: asyncio.Future[Reply] = loop.create_future()
             self._waiters[command_id] = future
             session.pending.add(command_id)
@@ -552,6 +570,7 @@ class AgentHub:
         finally:
             for command, session, _ in sent:
                 self._waiters.pop(str(command.id), None)
+                self._progress.pop(str(command.id), None)
                 if session is not None:
                     session.pending.discard(str(command.id))
 

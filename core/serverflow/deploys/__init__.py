@@ -1,0 +1,1 @@
+"""Deploys on the control plane: desired state per server, deployments, logs, webhooks."""
