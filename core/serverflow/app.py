@@ -13,7 +13,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
 
-from serverflow import __version__, db
+from serverflow import __version__, audit, db
 from serverflow.controlplane import EXTENSION, ControlPlane
 from serverflow.errors import ConfigError
 from serverflow.http_errors import JsonRequest, register_error_handlers
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
             await db.close_orm()  # an open SQLite thread would keep the process alive
             raise
         background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
+        background.append(asyncio.create_task(audit.retention_loop(settings.audit_retention_days)))
         log.info(
             "serverflow %s ready on %s (database: %s)",
             __version__,

@@ -20,7 +20,12 @@ from quart_auth import AuthUser, current_user, login_user, logout_user
 from serverflow.controlplane import current
 from serverflow.csrf import HEADER as CSRF_HEADER
 from serverflow.csrf import check_csrf
-from serverflow.errors import AuthenticationRequired, PermissionDenied, TooManyRequests
+from serverflow.errors import (
+    AuthenticationRequired,
+    PermissionDenied,
+    TooManyRequests,
+)
+from serverflow.http_errors import error_code
 from serverflow.models import ApiToken, LoginFailure, Membership, Role, User, UserSession
 from serverflow.passwords import averify_password
 from serverflow.tenancy import scoped
@@ -138,18 +143,69 @@ def requires(role: Role, atomic: bool = True) -> Callable[[F], F]:
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             principal = await authenticate()
-            if not principal.can(role):
-                raise PermissionDenied(
-                    f"This needs the {role} role; you are {principal.role}.", code="AUTH004"
-                )
-            if not atomic:
-                return await func(*args, **kwargs)
-            async with scoped(principal.org_id, principal.user_id):
-                return await func(*args, **kwargs)
+            if request.method not in UNSAFE_METHODS:
+                _check_role(principal, role)
+                return await _call(func, principal, atomic, args, kwargs)
+            outcome = "INT001"
+            try:
+                _check_role(principal, role)
+                result = await _call(func, principal, atomic, args, kwargs)
+                outcome = "ok"
+                return result
+            except Exception as exc:
+                outcome = error_code(exc)
+                raise
+            finally:
+                # After the handler's transaction: a refused change is audited too.
+                await audit_request(principal, outcome)
 
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def _check_role(principal: Principal, role: Role) -> None:
+    if not principal.can(role):
+        raise PermissionDenied(
+            f"This needs the {role} role; you are {principal.role}.", code="AUTH004"
+        )
+
+
+async def _call(
+    func: Callable[..., Awaitable[Any]],
+    principal: Principal,
+    atomic: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    if not atomic:
+        return await func(*args, **kwargs)
+    async with scoped(principal.org_id, principal.user_id):
+        return await func(*args, **kwargs)
+
+
+def actor(principal: Principal) -> str:
+    return principal.label if principal.kind == "token" else f"user:{principal.label}"
+
+
+async def audit_request(principal: Principal, outcome: str) -> None:
+    """Every API call that changes something, who made it, and how it ended."""
+    from serverflow import audit
+
+    body = await request.get_json(silent=True) if request.is_json else None
+    details: dict[str, Any] = {"body": body} if body is not None else {}
+    if request.view_args:
+        details["path_args"] = dict(request.view_args)
+    await audit.append(
+        principal.org_id,
+        audit.Record(
+            actor=actor(principal),
+            action=str(request.endpoint or "api"),
+            target=f"{request.method} {request.path}",
+            details=details,
+            outcome=outcome,
+        ),
+    )
 
 
 def principal() -> Principal:

@@ -730,6 +730,84 @@ async def keys_list() -> None:
         click.echo(f"{key_id(row.public_key)}  {state}  created {row.created_at:%Y-%m-%d %H:%M}")
 
 
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--org", "org_ref", default=None, help="Organisation slug or id (default: all).")
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def audit_verify(org_ref: str | None, as_json: bool) -> None:
+    """Check every hash chain; exit 1 and name the first broken entry if one is."""
+    from serverflow import audit
+    from serverflow.accounts import get_org
+
+    async def body() -> list[Any]:
+        orgs = [(await get_org(org_ref)).id] if org_ref else None
+        return await audit.verify_all(orgs)
+
+    verdicts = await _with_db(_settings(), body)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "organization_id": str(v.org_id),
+                        "entries": v.entries,
+                        "ok": v.ok,
+                        "broken_seq": v.broken_seq,
+                        "broken_id": v.broken_id,
+                        "problem": v.problem,
+                    }
+                    for v in verdicts
+                ]
+            )
+        )
+    for verdict in verdicts:
+        if verdict.ok and not as_json:
+            click.echo(f"ok      {verdict.org_id}: {verdict.entries} entries")
+        elif not verdict.ok:
+            click.echo(
+                f"BROKEN  {verdict.org_id}: entry #{verdict.broken_seq} "
+                f"(row id {verdict.broken_id}): {verdict.problem}",
+                err=True,
+            )
+    if not all(v.ok for v in verdicts):
+        raise click.exceptions.Exit(1)
+
+
+@audit_group.command("export")
+@click.option("--org", "org_ref", default="default", show_default=True)
+@click.option("--since", default=None, help="ISO date or datetime, e.g. 2026-11-01.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-")
+@run_async
+async def audit_export(org_ref: str, since: str | None, output: str) -> None:
+    """Write the audit log as JSON lines."""
+    from datetime import UTC, datetime
+
+    from serverflow import audit
+    from serverflow.accounts import get_org
+
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise click.BadParameter(f"{since!r} is not an ISO date", param_hint="--since") from exc
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+
+    async def body() -> list[dict[str, Any]]:
+        org = await get_org(org_ref)
+        return [row async for row in audit.export(org.id, start)]
+
+    rows = await _with_db(_settings(), body)
+    with click.open_file(output, "w") as out:
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+
+
 @main.group()
 def config() -> None:
     """Effective configuration."""

@@ -35,6 +35,21 @@ class JsonRequest(Request):
         raise InvalidInput(f"The request body is not valid JSON: {error}", code="VAL002")
 
 
+def error_code(exc: BaseException) -> str:
+    """The stable code an exception is answered with (see register_error_handlers)."""
+    if isinstance(exc, ServerFlowError):
+        return exc.code
+    if isinstance(exc, RequestSchemaValidationError):
+        return "VAL001"
+    if isinstance(exc, HTTPException):
+        return {400: "VAL001", 404: "GEN404", 405: "GEN405", 413: "VAL003"}.get(
+            exc.code or 500, f"HTTP{exc.code}"
+        )
+    if isinstance(exc, DBConnectionError | OSError):
+        return "DB001"
+    return "INT001"
+
+
 def _validation_details(exc: Exception) -> list[dict[str, Any]]:
     inner = getattr(exc, "validation_error", None)
     if isinstance(inner, ValidationError):

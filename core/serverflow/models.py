@@ -405,6 +405,26 @@ class ServerState(TenantModel):
         manager = TenantManager()
 
 
+class AuditEntry(TenantModel):
+    """One entry of the organisation's append-only, hash-chained audit log."""
+
+    id = fields.BigIntField(primary_key=True)
+    seq = fields.BigIntField()  # 1, 2, 3... per organisation, no gaps
+    at = fields.DatetimeField()
+    actor = fields.CharField(max_length=300)  # user:EMAIL, token:NAME, webhook:github, system
+    action = fields.CharField(max_length=100)
+    target = fields.CharField(max_length=500)
+    details: Any = fields.JSONField(default=dict)  # secrets redacted
+    outcome = fields.CharField(max_length=32)  # ok, or an error code
+    prev_hash = fields.CharField(max_length=64)
+    hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "audit_log"
+        unique_together = (("organization", "seq"),)
+        manager = TenantManager()
+
+
 TENANT_MODELS: tuple[type[TenantModel], ...] = (
     Membership,
     ApiToken,
@@ -417,4 +437,5 @@ TENANT_MODELS: tuple[type[TenantModel], ...] = (
     Deployment,
     DeploymentLog,
     ServerState,
+    AuditEntry,
 )

@@ -42,6 +42,7 @@ class Settings(BaseModel):
     offline_after_missed: int = Field(default=3, ge=1)
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
+    audit_retention_days: int = Field(default=365, ge=1)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     config_file: Path | None = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from serverflow import signing
+from serverflow import audit, signing
 from serverflow.agents.registry import registry_body
 from serverflow.errors import AgentUnavailable
 from serverflow.events import EventBus, LiveEvent, record
@@ -605,6 +605,27 @@ class AgentHub:
                 await Command.filter(id=command.id, status=CommandStatus.SENT).update(
                     status=command.status, message=command.message, finished_at=now
                 )
+        names = {server.id: server.name for server in servers}
+        await audit.append(
+            org_id,
+            *[
+                audit.Record(
+                    actor=issued_by,
+                    action="agent.command",
+                    target=f"{names.get(o.command.server_id, o.command.server_id)}: {action}",
+                    details={
+                        "command_id": str(o.command.id),
+                        "kind": kind,
+                        "params": params,
+                        "signing_key": key.key_id,
+                    },
+                    outcome=str(o.command.status)
+                    if o.command.status == CommandStatus.OK
+                    else (o.command.code or str(o.command.status)),
+                )
+                for o in outcomes
+            ],
+        )
         return outcomes
 
     async def push_registry(self, server: Server) -> None:

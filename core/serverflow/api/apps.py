@@ -17,6 +17,7 @@ from quart import Response, request
 from quart_schema import hide, validate_querystring, validate_request, validate_response
 from tortoise.exceptions import IntegrityError
 
+from serverflow import audit
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.auth import principal, requires
@@ -574,17 +575,30 @@ async def push_hook(org_id: str, app_id: str, provider: str) -> tuple[dict[str, 
     if app is None or provider not in ("github", "gitlab"):
         raise NotFound("no such webhook", code="HOOK404")
     secret = cp.keys.cipher.decrypt(app.webhook_secret_encrypted)
+    who = f"webhook:{provider}"
+
+    async def audited(outcome: str, details: dict[str, Any]) -> None:
+        await audit.append(
+            org, audit.Record(who, "webhook.push", f"app:{app.name}", details, outcome)
+        )
+
     try:
         check = github_push if provider == "github" else gitlab_push
         push = check(request.headers, body, secret)
     except WebhookError as exc:
         exc.log(provider, app.name)
+        await audited(exc.code, {})
         raise exc.as_http() from None
     if push is None:
+        await audited("ignored", {"reason": "not a push event"})
         return {"status": "ignored", "reason": "not a push event"}, 200
     if push.branch != app.branch:
-        return {"status": "ignored", "reason": f"push to {push.branch}, tracking {app.branch}"}, 200
-    deps = await cp.deployer.deploy(
-        org, app, f"webhook:{provider}", commit=push.commit, branch=push.branch
+        reason = f"push to {push.branch}, tracking {app.branch}"
+        await audited("ignored", {"reason": reason, "commit": push.commit})
+        return {"status": "ignored", "reason": reason}, 200
+    deps = await cp.deployer.deploy(org, app, who, commit=push.commit, branch=push.branch)
+    await audited(
+        "ok",
+        {"branch": push.branch, "commit": push.commit, "deployments": [str(d.id) for d in deps]},
     )
     return {"status": "deploying", "deployments": [str(d.id) for d in deps]}, 202

@@ -300,7 +300,7 @@ class Deployer:
                 RESOLVE_ACTION,
                 "read",
                 {"repo": app.repo_url, "branch": dep.branch},
-                f"deploy:{dep.id}",
+                dep.triggered_by,
                 RESOLVE_TIMEOUT_S,
             )
             if resolved.status != CommandStatus.OK:
@@ -331,7 +331,7 @@ class Deployer:
             APPLY_ACTION,
             "change",
             doc,
-            f"deploy:{dep.id}",
+            dep.triggered_by,
             APPLY_TIMEOUT_S,
             on_progress=progress,
         )

@@ -1,0 +1,273 @@
+"""The audit log: append-only and tamper-evident, one hash chain per organisation.
+
+Every entry carries the hash of the previous one, so editing or deleting a row breaks the
+chain at that row (`serverflow audit verify` names it). Triggers refuse UPDATE and DELETE
+in the database too, except for retention pruning, which leaves a marker entry naming
+the last pruned hash so the chain stays checkable from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from serverflow.models import AuditEntry, Organization
+from serverflow.tenancy import is_postgres, scoped
+from serverflow_agent import protocol
+
+GENESIS = "0" * 64
+REDACTED = "********"
+SECRET_KEYS = re.compile(r"(?i)(pass(word)?|secret|token|api[_-]?key|private|credential|env)")
+PRUNE_ACTION = "audit.pruned"
+log = logging.getLogger(__name__)
+
+_locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of `value` with anything that looks secret replaced (by key name or form)."""
+    if key and SECRET_KEYS.search(key) and not isinstance(value, dict | list):
+        return REDACTED
+    if isinstance(value, dict):
+        if key and SECRET_KEYS.search(key):  # e.g. env: keep the names, hide the values
+            return {k: REDACTED for k in value}
+        return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str) and re.match(r"^sfi?_[0-9a-f]{32}_", value):
+        return REDACTED
+    return value
+
+
+def entry_hash(
+    org_id: uuid.UUID,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    details: Any,
+    outcome: str,
+    prev_hash: str,
+) -> str:
+    body = {
+        "org": str(org_id),
+        "seq": seq,
+        "at": at.astimezone(UTC).isoformat(),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "details": details,
+        "outcome": outcome,
+        "prev": prev_hash,
+    }
+    return hashlib.sha256(protocol.canonical(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Record:
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    outcome: str = "ok"
+
+
+async def append(org_id: uuid.UUID, *records: Record) -> list[AuditEntry]:
+    """Append entries to the organisation's chain, in order, in one transaction."""
+    if not records:
+        return []
+    async with _locks[org_id], scoped(org_id) as conn:
+        if is_postgres(conn):  # several control-plane instances: one writer per chain
+            await conn.execute_query(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [str(org_id)]
+            )
+        last = await AuditEntry.all().order_by("-seq").only("seq", "hash").first()
+        seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+        entries = []
+        for record in records:
+            seq += 1
+            now = datetime.now(UTC)  # milliseconds: every database keeps them exactly
+            at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            details = redact(record.details)
+            digest = entry_hash(
+                org_id,
+                seq,
+                at,
+                record.actor[:300],
+                record.action[:100],
+                record.target[:500],
+                details,
+                record.outcome[:32],
+                prev,
+            )
+            entries.append(
+                AuditEntry(
+                    organization_id=org_id,
+                    seq=seq,
+                    at=at,
+                    actor=record.actor[:300],
+                    action=record.action[:100],
+                    target=record.target[:500],
+                    details=details,
+                    outcome=record.outcome[:32],
+                    prev_hash=prev,
+                    hash=digest,
+                )
+            )
+            prev = digest
+        await AuditEntry.bulk_create(entries)
+    return entries
+
+
+@dataclass(frozen=True)
+class Verdict:
+    org_id: uuid.UUID
+    entries: int
+    broken_seq: int | None = None
+    broken_id: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+async def verify(org_id: uuid.UUID) -> Verdict:
+    """Walk the chain; the first entry whose content, order or link does not check out."""
+    async with scoped(org_id):
+        rows = await AuditEntry.all().order_by("seq")
+    expected_seq, prev = 1, GENESIS
+    if rows and rows[0].seq != 1:
+        # Retention removed the oldest entries: the first remaining one must continue
+        # the chain recorded by the latest prune marker.
+        marker = next((r for r in reversed(rows) if r.action == PRUNE_ACTION), None)
+        if marker is None or marker.details.get("next_seq") != rows[0].seq:
+            return Verdict(
+                org_id,
+                len(rows),
+                rows[0].seq,
+                rows[0].id,
+                "entries before this one are missing (and no pruning recorded)",
+            )
+        expected_seq, prev = rows[0].seq, str(marker.details.get("last_hash"))
+    for row in rows:
+        if row.seq != expected_seq:
+            return Verdict(
+                org_id,
+                len(rows),
+                expected_seq,
+                row.id,
+                f"entry #{expected_seq} is missing (found #{row.seq} next)",
+            )
+        if row.prev_hash != prev:
+            return Verdict(
+                org_id,
+                len(rows),
+                row.seq,
+                row.id,
+                "its link to the previous entry does not match (edited or removed)",
+            )
+        digest = entry_hash(
+            org_id,
+            row.seq,
+            row.at,
+            row.actor,
+            row.action,
+            row.target,
+            row.details,
+            row.outcome,
+            row.prev_hash,
+        )
+        if digest != row.hash:
+            return Verdict(
+                org_id, len(rows), row.seq, row.id, "its content does not match its hash (edited)"
+            )
+        expected_seq, prev = row.seq + 1, row.hash
+    return Verdict(org_id, len(rows))
+
+
+async def verify_all(org_ids: Iterable[uuid.UUID] | None = None) -> list[Verdict]:
+    if org_ids is None:
+        org_ids = [o.id for o in await Organization.all()]
+    return [await verify(org_id) for org_id in org_ids]
+
+
+async def export(org_id: uuid.UUID, since: datetime | None = None) -> AsyncIterator[dict[str, Any]]:
+    async with scoped(org_id):
+        query = AuditEntry.all().order_by("seq")
+        if since is not None:
+            query = query.filter(at__gte=since)
+        rows = await query
+    for row in rows:
+        yield {
+            "seq": row.seq,
+            "at": row.at.astimezone(UTC).isoformat(),
+            "actor": row.actor,
+            "action": row.action,
+            "target": row.target,
+            "details": row.details,
+            "outcome": row.outcome,
+            "prev_hash": row.prev_hash,
+            "hash": row.hash,
+            "organization_id": str(org_id),
+        }
+
+
+async def prune(org_id: uuid.UUID, older_than_days: int) -> int:
+    """Apply retention: drop entries older than the limit, leaving a marker entry."""
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    async with _locks[org_id], scoped(org_id) as conn:
+        old = await AuditEntry.filter(at__lt=cutoff).order_by("-seq").first()
+        if old is None:
+            return 0
+        count = await AuditEntry.filter(seq__lte=old.seq).count()
+        if is_postgres(conn):
+            await conn.execute_query("SELECT set_config('app.audit_prune', 'on', true)")
+            await AuditEntry.filter(seq__lte=old.seq).delete()
+        else:  # SQLite has no session settings: lift the trigger inside this transaction
+            await conn.execute_query('DROP TRIGGER IF EXISTS "audit_log_no_delete"')
+            await conn.execute_query(
+                'DELETE FROM "audit_log" WHERE "organization_id" = ? AND "seq" <= ?',
+                [str(org_id), int(old.seq)],
+            )
+            await conn.execute_query(
+                'CREATE TRIGGER "audit_log_no_delete" BEFORE DELETE ON "audit_log" '
+                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+            )
+    await append(
+        org_id,
+        Record(
+            "system",
+            PRUNE_ACTION,
+            f"entries up to #{old.seq}",
+            {
+                "removed": count,
+                "next_seq": old.seq + 1,
+                "last_hash": old.hash,
+                "retention_days": older_than_days,
+            },
+        ),
+    )
+    return int(count)
+
+
+async def retention_loop(days: int, every_s: float = 6 * 3600) -> None:
+    """Prune every organisation's log to the retention period, now and then."""
+    while True:
+        try:
+            for org in await Organization.all():
+                removed = await prune(org.id, days)
+                if removed:
+                    log.info("audit retention: removed %d entries of %s", removed, org.slug)
+        except Exception:
+            log.exception("audit retention failed")
+        await asyncio.sleep(every_s)

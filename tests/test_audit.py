@@ -1,0 +1,184 @@
+"""The audit log: every change recorded in order, secrets redacted, tampering detected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serverflow import audit
+from serverflow.models import AuditEntry, Role
+from serverflow.tenancy import is_postgres, scoped
+from tests.components.controlplane import cli_env
+from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant
+
+
+async def _entries(tenant: Tenant) -> list[AuditEntry]:
+    async with scoped(tenant.org.id):
+        return list(await AuditEntry.all().order_by("seq"))
+
+
+async def _changes(cp: ControlPlaneUnderTest, tenant: Tenant, name: str = "web-1") -> None:
+    client = cp.client()
+    made = await client.post("/api/v1/servers", json={"name": name}, headers=tenant.auth())
+    assert made.status_code == 201
+    refused = await client.post(
+        "/api/v1/servers", json={"name": "web-2"}, headers=tenant.auth(Role.VIEWER)
+    )
+    assert refused.status_code == 403
+    invalid = await client.post("/api/v1/servers", json={"name": "Web 2"}, headers=tenant.auth())
+    assert invalid.status_code == 400
+    token = await client.post("/api/v1/tokens", json={"name": "ci"}, headers=tenant.auth())
+    assert token.status_code == 201
+    await client.get("/api/v1/servers", headers=tenant.auth())  # reads are not audited
+
+
+@BOTH_DATABASES
+async def test_changes_are_audited_in_order(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    before = len(await _entries(tenant))
+    await _changes(control_plane, tenant)
+    rows = (await _entries(tenant))[before:]
+    summary = [(r.actor, r.action, r.target, r.outcome) for r in rows]
+    assert summary == [
+        ("token:owner-token", "api.create_server", "POST /api/v1/servers", "ok"),
+        ("token:viewer-token", "api.create_server", "POST /api/v1/servers", "AUTH004"),
+        ("token:owner-token", "api.create_server", "POST /api/v1/servers", "VAL001"),
+        ("token:owner-token", "api.create_token", "POST /api/v1/tokens", "ok"),
+    ]
+    assert rows[0].details["body"] == {"name": "web-1"}
+    assert [r.seq for r in rows] == list(range(rows[0].seq, rows[0].seq + 4))
+    verdict = await audit.verify(tenant.org.id)
+    assert verdict.ok, verdict
+
+
+def test_secrets_are_redacted() -> None:
+    token = "sf_" + "a" * 32 + "_" + "b" * 43
+    cleaned = audit.redact(
+        {
+            "password": "hunter22",
+            "env": {"DB_URL": "postgres://x:y@z"},
+            "set": {"API_KEY": "abc"},
+            "note": token,
+            "name": "web-1",
+            "nested": [{"client_secret": "s"}],
+        }
+    )
+    text = json.dumps(cleaned)
+    for secret in ("hunter22", "postgres://x:y@z", "abc", token):
+        assert secret not in text
+    assert cleaned["name"] == "web-1" and cleaned["env"] == {"DB_URL": "********"}
+
+
+async def _tamper(cp: ControlPlaneUnderTest, tenant: Tenant, sql_pg: str, sql_lite: str) -> None:
+    """What someone with database access could do, triggers removed first."""
+    async with scoped(tenant.org.id) as conn:
+        if is_postgres(conn):
+            await conn.execute_query('DROP TRIGGER audit_log_append_only ON "audit_log"')
+            await conn.execute_query(sql_pg)
+        else:
+            await conn.execute_query('DROP TRIGGER "audit_log_no_update"')
+            await conn.execute_query('DROP TRIGGER "audit_log_no_delete"')
+            await conn.execute_query(sql_lite)
+
+
+@BOTH_DATABASES
+async def test_the_database_refuses_edits(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    await _changes(control_plane, tenant)
+    for sql in ("UPDATE audit_log SET outcome = 'ok'", "DELETE FROM audit_log"):
+        with pytest.raises(Exception, match="append-only"):
+            async with scoped(tenant.org.id) as conn:
+                await conn.execute_query(sql)
+    assert (await audit.verify(tenant.org.id)).ok
+
+
+@BOTH_DATABASES
+@pytest.mark.parametrize("how", ["edit", "delete"])
+async def test_tampering_is_detected_and_named(
+    control_plane: ControlPlaneUnderTest, how: str
+) -> None:
+    tenant = await control_plane.tenant("Acme")
+    await _changes(control_plane, tenant)
+    victim = (await _entries(tenant))[1]
+    if how == "edit":
+        change = f"UPDATE audit_log SET outcome = 'ok' WHERE id = {victim.id}"
+    else:
+        change = f"DELETE FROM audit_log WHERE id = {victim.id}"
+    await _tamper(control_plane, tenant, change, change)
+    verdict = await audit.verify(tenant.org.id)
+    assert not verdict.ok
+    assert verdict.broken_seq == victim.seq
+    assert ("edited" if how == "edit" else "missing") in (verdict.problem or "")
+
+
+@BOTH_DATABASES
+async def test_retention_keeps_the_chain_checkable(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    await _changes(control_plane, tenant)
+    count = len(await _entries(tenant))
+    removed = await audit.prune(tenant.org.id, older_than_days=-1)  # everything so far
+    assert removed == count
+    rows = await _entries(tenant)
+    assert [r.action for r in rows] == [audit.PRUNE_ACTION]
+    assert (await audit.verify(tenant.org.id)).ok
+    await _changes(control_plane, tenant, "web-9")
+    assert (await audit.verify(tenant.org.id)).ok
+    # Removing the marker (to hide the removal of older entries) is detected.
+    marker = rows[0]
+    change = f"DELETE FROM audit_log WHERE id = {marker.id}"
+    await _tamper(control_plane, tenant, change, change)
+    assert not (await audit.verify(tenant.org.id)).ok
+
+
+def test_cli_verify_and_export(tmp_path: Path) -> None:
+    from tests.components.controlplane import run_cli
+
+    data = tmp_path / "data"
+    env = cli_env(data)
+    run_cli("users", "create", "o@acme.test", "--new-org", "Acme", "--role", "owner", env=env)
+    token = json.loads(
+        run_cli("tokens", "create", "--org", "acme", "--name", "t", "--json", env=env).stdout
+    )["token"]
+    from tests.components.controlplane import ControlPlaneProcess
+
+    with ControlPlaneProcess(data) as cp:
+        import httpx
+
+        for name in ("a1", "a2", "a3"):
+            httpx.post(
+                cp.url + "/api/v1/servers",
+                json={"name": name},
+                headers={"Authorization": f"Bearer {token}"},
+            ).raise_for_status()
+    ok = run_cli("audit", "verify", env=env)
+    assert "ok" in ok.stdout and "3 entries" in ok.stdout
+    exported = run_cli("audit", "export", "--org", "acme", "--since", "2000-01-01", env=env)
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3]
+    assert lines[1]["prev_hash"] == lines[0]["hash"]
+    assert (
+        run_cli("audit", "export", "--org", "acme", "--since", "2999-01-01", env=env).stdout == ""
+    )
+    db = data / "serverflow.sqlite3"
+    script = (
+        'DROP TRIGGER "audit_log_no_update";'
+        "UPDATE audit_log SET target = 'POST /api/v1/nothing' WHERE seq = 2;"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]);"
+            " c.executescript(sys.argv[2]); c.commit()",
+            str(db),
+            script,
+        ],
+        check=True,
+    )
+    broken = run_cli("audit", "verify", env=env, check=False)
+    assert broken.returncode == 1
+    assert "entry #2" in broken.stderr and "edited" in broken.stderr
