@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from serverflow.models import ApiToken, Role, Server, UserSession
 from serverflow.tenancy import scoped
@@ -221,3 +222,27 @@ async def test_change_password_signs_out_sessions(control_plane: ControlPlaneUnd
         json={"current_password": "x", "new_password": "y" * 12},
     )
     assert by_token.status_code == 403
+
+
+async def test_rate_limit_per_token(db_url: str, tmp_path: Path) -> None:
+    from serverflow import db
+    from serverflow.app import create_app
+    from serverflow.plugins import Plugins
+    from tests.conftest import ControlPlaneUnderTest, make_settings
+
+    settings = make_settings(tmp_path, db_url, api_rate_per_minute=5)
+    await db.migrate(db_url)
+    app = create_app(settings, plugins=Plugins(load=False))
+    async with app.test_app() as test_app:
+        cp = ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
+        tenant = await cp.tenant("Acme")
+        client = cp.client()
+        for _ in range(5):
+            assert (await client.get("/api/v1/me", headers=tenant.auth())).status_code == 200
+        limited = await client.get("/api/v1/me", headers=tenant.auth())
+        assert limited.status_code == 429
+        assert (await limited.get_json())["error"]["code"] == "RATE001"
+        assert int(limited.headers["Retry-After"]) >= 1
+        # Another token has its own budget.
+        other = await client.get("/api/v1/me", headers=tenant.auth(Role.VIEWER))
+        assert other.status_code == 200

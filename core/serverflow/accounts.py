@@ -84,6 +84,7 @@ async def issue_token(
     created_by: User | None = None,
     creator_role: Role | None = None,
     expires_in_days: int | None = None,
+    allow_apply: bool = False,
 ) -> IssuedToken:
     """Create a token; the caller must be inside `scoped(org_id)` or this opens one."""
     if creator_role is not None and not creator_role.allows(role):
@@ -101,6 +102,7 @@ async def issue_token(
             prefix=fresh.prefix,
             created_by_id=created_by.id if created_by else None,
             expires_at=expires,
+            allow_apply=allow_apply,
         )
     return IssuedToken(token=token, value=fresh.value)
 

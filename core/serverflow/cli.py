@@ -237,10 +237,20 @@ def tokens() -> None:
     "--role", type=click.Choice([r.value for r in Role]), default="member", show_default=True
 )
 @click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None)
+@click.option(
+    "--allow-apply",
+    is_flag=True,
+    help="MCP: let an assistant using it apply the changes it planned.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @run_async
 async def tokens_create(
-    org_ref: str, name: str, role: str, expires_in_days: int | None, as_json: bool
+    org_ref: str,
+    name: str,
+    role: str,
+    expires_in_days: int | None,
+    allow_apply: bool,
+    as_json: bool,
 ) -> None:
     """Create an API token; its value is printed once and stored only as a hash."""
     from serverflow.accounts import get_org, issue_token
@@ -249,7 +259,9 @@ async def tokens_create(
 
     async def body() -> dict[str, Any]:
         org = await get_org(org_ref)
-        issued = await issue_token(org.id, name, Role(role), expires_in_days=expires_in_days)
+        issued = await issue_token(
+            org.id, name, Role(role), expires_in_days=expires_in_days, allow_apply=allow_apply
+        )
         return {
             "id": str(issued.token.id),
             "name": name,

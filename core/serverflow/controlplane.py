@@ -11,6 +11,7 @@ from serverflow.deploys.service import Deployer
 from serverflow.events import EventBus
 from serverflow.keys import AppKeys
 from serverflow.plugins import Plugins
+from serverflow.ratelimit import RateLimiter
 from serverflow.settings import Settings
 
 EXTENSION = "serverflow"
@@ -26,7 +27,12 @@ class ControlPlane:
     deployer: Deployer = field(init=False)
     tls_pin: str | None = None
 
+    api_limit: RateLimiter = field(init=False)
+    mcp_limit: RateLimiter = field(init=False)
+
     def __post_init__(self) -> None:
+        self.api_limit = RateLimiter(self.settings.api_rate_per_minute)
+        self.mcp_limit = RateLimiter(self.settings.mcp_rate_per_minute)
         self.hub = AgentHub(self.settings, self.keys.cipher, self.bus)
         self.deployer = Deployer(self.hub, self.bus, self.keys.cipher)
 

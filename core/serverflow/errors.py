@@ -115,6 +115,7 @@ CODES: dict[str, tuple[int | str, str]] = {
     "ACT002": (403, "The server's security mode does not allow this kind of action."),
     "ACT003": (400, "The action's parameters do not match its schema."),
     "CMD404": (404, "Command not found."),
+    "RATE001": (429, "Too many calls for this token or user; wait as Retry-After says."),
     "INS001": (401, "The install token is invalid, expired or already used."),
     "APP001": (404, "App not found."),
     "APP002": (400, "Unknown runtime (no plugin provides it)."),

@@ -102,6 +102,9 @@ async def _respond(error: ServerFlowError) -> Response:
         html = await render_template("error.html", error=error)
         response = Response(html, content_type="text/html; charset=utf-8")
     response.status_code = error.status
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -135,6 +135,8 @@ class ApiToken(TenantModel):
     role = fields.CharEnumField(Role, max_length=16)
     token_hash = fields.CharField(max_length=64, unique=True)
     prefix = fields.CharField(max_length=16)
+    # MCP: may an assistant using this token apply the changes it planned (dry runs)?
+    allow_apply = fields.BooleanField(default=False)
     created_by: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
         "models.User", related_name=False, null=True, on_delete=fields.SET_NULL
     )
@@ -425,6 +427,38 @@ class AuditEntry(TenantModel):
         manager = TenantManager()
 
 
+class PlanStatus(enum.StrEnum):
+    PENDING = "pending"  # a dry run, waiting to be applied (change) or confirmed (destructive)
+    CONFIRMED = "confirmed"  # a person confirmed a destructive plan; it is being applied
+    APPLIED = "applied"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class Plan(TenantModel):
+    """A change an assistant proposed: shown as a dry run, applied once, or confirmed."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
+    kind = fields.CharField(max_length=16)  # change | destructive
+    tool = fields.CharField(max_length=100)
+    summary = fields.TextField()
+    params_encrypted = fields.TextField()  # the exact call to apply (may hold secrets)
+    preview: Any = fields.JSONField(default=dict)  # what would happen (secrets redacted)
+    status = fields.CharEnumField(PlanStatus, max_length=16, default=PlanStatus.PENDING)
+    created_by = fields.CharField(max_length=300)
+    token_id = fields.UUIDField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    expires_at = fields.DatetimeField()
+    decided_by = fields.CharField(max_length=300, null=True)
+    decided_at = fields.DatetimeField(null=True)
+    result: Any = fields.JSONField(null=True)
+
+    class Meta:
+        table = "plans"
+        manager = TenantManager()
+
+
 TENANT_MODELS: tuple[type[TenantModel], ...] = (
     Membership,
     ApiToken,
@@ -438,4 +472,5 @@ TENANT_MODELS: tuple[type[TenantModel], ...] = (
     DeploymentLog,
     ServerState,
     AuditEntry,
+    Plan,
 )

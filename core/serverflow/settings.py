@@ -43,6 +43,8 @@ class Settings(BaseModel):
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
     audit_retention_days: int = Field(default=365, ge=1)
+    api_rate_per_minute: int = Field(default=600, ge=1)
+    mcp_rate_per_minute: int = Field(default=120, ge=1)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     config_file: Path | None = None

@@ -20,6 +20,9 @@ class TokenIn(Input):
     name: str = Field(min_length=1, max_length=100)
     role: RoleName = "member"
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    allow_apply: bool = Field(
+        default=False, description="MCP: let an assistant apply the changes it planned."
+    )
 
 
 class TokenOut(Output):
@@ -31,6 +34,7 @@ class TokenOut(Output):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    allow_apply: bool
 
 
 class NewTokenOut(TokenOut):
@@ -71,6 +75,7 @@ async def create_token(data: TokenIn) -> tuple[NewTokenOut, int]:
         created_by=creator,
         creator_role=caller.role,
         expires_in_days=data.expires_in_days,
+        allow_apply=data.allow_apply,
     )
     out = NewTokenOut.model_validate(
         {**TokenOut.model_validate(issued.token).model_dump(), "token": issued.value}
