@@ -27,6 +27,10 @@ class ActionSpec:
     )
     timeout: float = 30.0
     memory_limit_mb: int = 256
+    # False: the memory limit applies to the action's own process only; the programs it
+    # starts through serverflow_agent.spawn (builds, the PM2 daemon and its apps) run
+    # without it. Not part of describe(): it is how this agent runs the action.
+    limit_children: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ACTION_KINDS:

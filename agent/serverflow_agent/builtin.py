@@ -1,5 +1,6 @@
-"""The built-in read actions, registered through the `serverflow_agent` entry point
-`builtin` like any third-party plugin. Their handlers live in serverflow_agent.system."""
+"""The built-in actions, registered through the `serverflow_agent` entry point `builtin`
+like any third-party plugin. The system.* handlers live in serverflow_agent.system, the
+deploy ones in serverflow_agent.deploy (imported only by the action runner)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from serverflow_agent.actions import ActionSpec
+from serverflow_agent.deploy import schemas
 from serverflow_agent.hookspecs import hookimpl
 
 SERVICE_NAME = r"[A-Za-z0-9@._][A-Za-z0-9@._-]{0,99}"
@@ -72,6 +74,43 @@ ACTIONS = [
         },
         timeout=15,
         memory_limit_mb=256,
+    ),
+    ActionSpec(
+        name="git.resolve",
+        description="The commit a branch of a git repository points to (git ls-remote).",
+        kind="read",
+        handler="serverflow_agent.deploy.git:resolve",
+        params_schema=schemas.GIT_RESOLVE,
+        timeout=90,
+        memory_limit_mb=256,
+        limit_children=False,
+    ),
+    ActionSpec(
+        name="state.apply",
+        description=(
+            "Reconcile the apps on this server with a desired-state document: fetch, build, "
+            "start, health-check, switch the proxy, stop old releases (docs/deploys.md)."
+        ),
+        kind="change",
+        handler="serverflow_agent.deploy.reconcile:apply",
+        params_schema=schemas.STATE_APPLY,
+        timeout=1800,
+        memory_limit_mb=512,
+        # Builds, the PM2 daemon and the apps it starts must not inherit the limit.
+        limit_children=False,
+    ),
+    ActionSpec(
+        name="proxy.renew_certificates",
+        description=(
+            "Renew the TLS certificates of routed apps that expire within acme.renew_days, "
+            "then reload nginx. The agent also runs this by itself every few hours."
+        ),
+        kind="change",
+        handler="serverflow_agent.proxy:renew",
+        params_schema=_params(),
+        timeout=900,
+        memory_limit_mb=256,
+        limit_children=False,  # certbot
     ),
 ]
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from serverflow_agent import __version__, protocol
@@ -106,7 +107,14 @@ def _run(args: argparse.Namespace) -> int:
         len(plugins.actions),
         state_dir,
     )
-    agent = Agent(state_dir, config, identity, state, list(plugins.actions))
+    agent = Agent(
+        state_dir,
+        config,
+        identity,
+        state,
+        list(plugins.actions),
+        renew_interval_s=_renew_interval(state_dir, log),
+    )
 
     async def main() -> None:
         task = asyncio.ensure_future(agent.run_forever())
@@ -248,3 +256,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _renew_interval(state_dir: Path, log: logging.Logger) -> float | None:
+    """Seconds between certificate renewal checks (acme.renew_check_hours), None for off."""
+    from serverflow_agent.deploy.settings import DeploySettings
+
+    try:
+        hours = DeploySettings.load(state_dir).acme.renew_check_hours
+    except ConfigError as exc:
+        log.error("certificate renewal is off: %s", exc)
+        return None
+    return hours * 3600 if hours > 0 else None

@@ -9,7 +9,7 @@ Frame order on each connection (docs/protocol.md has the full story):
     agent: auth
     CP:    authorized
     CP:    registry, command, key_rotation, agent_key_accepted   (any order, any number)
-    agent: heartbeat, result, agent_key                          (any order, any number)
+    agent: heartbeat, result, event, agent_key                   (any order, any number)
 
 Anything the control plane sends that fails to parse, or that is not expected at that
 point, makes the agent send an `error` frame and close; it then reconnects with backoff.
@@ -43,7 +43,10 @@ from serverflow_agent.identity import (
     replace_identity,
 )
 from serverflow_agent.metrics import collect
+from serverflow_agent.progress import Coalescer
 from serverflow_agent.protocol import ProtocolError
+from serverflow_agent.renewal import EVENT_KIND as RENEWAL_EVENT
+from serverflow_agent.renewal import RENEW_ACTION, Renewer
 from serverflow_agent.schema import SchemaError, check_schema, validate
 from serverflow_agent.state import AgentState, SignedRegistry
 from serverflow_agent.tlspin import TlsPinError, check_ssl_object, client_context
@@ -57,6 +60,11 @@ BACKOFF_CAP_S = 60.0
 MAX_CONCURRENT_COMMANDS = 8
 OUTBOX_LIMIT = 200
 PRUNE_EVERY_S = 60.0
+# Progress events: at most PROGRESS_FRAMES frames every PROGRESS_TICK_S per command; a
+# faster producer gets its lines joined into fewer frames (serverflow_agent.progress).
+PROGRESS_FRAMES = 20
+PROGRESS_TICK_S = 0.1
+PROGRESS_FLUSH_S = 5.0
 # The transport accepts up to twice the protocol limit so that a frame slightly over it
 # is answered with a clear FRM001 error frame; anything larger is cut off by websockets
 # itself (close code 1009), which bounds the memory a peer can make us allocate.
@@ -113,6 +121,71 @@ def usable_actions(specs: Iterable[ActionSpec]) -> dict[str, ActionSpec]:
     return usable
 
 
+class ProgressRelay:
+    """Forwards one command's progress lines as signed `event` frames of kind `progress`.
+
+    `push` (called by the executor for each line) only queues; a task sends, at a bounded
+    rate, joining lines when they come faster than that. While the agent is offline the
+    lines are dropped: results are kept for the next session, progress is not.
+    """
+
+    def __init__(self, agent: Agent, command_id: str) -> None:
+        self.agent = agent
+        self.command_id = command_id
+        self.backlog = Coalescer(frames_per_take=PROGRESS_FRAMES)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, item: dict[str, Any]) -> None:
+        if self.agent._ws is None:
+            return
+        self.backlog.push(item)
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self.backlog):
+                await self._send(self.backlog.take())
+                if len(self.backlog):
+                    await asyncio.sleep(PROGRESS_TICK_S)
+            self._idle.set()
+
+    async def _send(self, batch: list[dict[str, Any]]) -> None:
+        for item in batch:
+            data = {
+                "command_id": self.command_id,
+                "app": item.get("app"),
+                "stage": item.get("stage"),
+                "line": _sendable(item.get("line", "")),
+            }
+            try:
+                sent = await self.agent._send_event("progress", data)
+            except Exception:  # progress is best effort
+                log.exception("progress event not sent")
+                sent = False
+            if not sent:
+                return
+
+    async def close(self) -> None:
+        """Send what is still queued (for a few seconds at most), then stop."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), PROGRESS_FLUSH_S)
+        except TimeoutError:
+            log.warning("command %s: progress lines left unsent", self.command_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _pinned_connection(pin: str | None) -> type[ClientConnection]:
     class PinnedConnection(ClientConnection):
         async def handshake(self, *args: Any, **kwargs: Any) -> None:
@@ -134,6 +207,7 @@ class Agent:
         state: AgentState,
         actions: Iterable[ActionSpec],
         executor: Executor | None = None,
+        renew_interval_s: float | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.config = config
@@ -153,6 +227,7 @@ class Agent:
         self._offered: nacl.signing.SigningKey | None = None
         self._rejected: set[str] = set()
         self._hello_with_pending = False
+        self.renew_interval_s = renew_interval_s  # None: no certificate renewal timer
 
     @property
     def public_key(self) -> str:
@@ -163,6 +238,10 @@ class Agent:
     async def run_forever(self) -> None:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
         self._prune()
+        renew = self.actions.get(RENEW_ACTION)
+        if renew is not None and self.renew_interval_s:
+            renewer = Renewer(self.executor, renew, self.renew_interval_s, self._report_renewal)
+            self._spawn(renewer.run())
         attempt = 0
         try:
             while True:
@@ -394,6 +473,29 @@ class Agent:
             log.warning("outbox full: dropping the oldest unsent %s", self._outbox[0][0])
         self._outbox.append((frame_type, body))
 
+    def _event_body(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "server_id": self.config.server_id,
+            "kind": kind,
+            "sent_at": protocol.now_ms(),
+            "data": data,
+        }
+
+    async def _send_event(self, kind: str, data: dict[str, Any]) -> bool:
+        """Send an event if connected; events are not kept for the next session."""
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            await self._send_signed(ws, "event", self._event_body(kind, data))
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def _report_renewal(self, report: dict[str, Any]) -> None:
+        # Kept in the outbox while disconnected: a renewal failure must reach a person.
+        await self._emit("event", self._event_body(RENEWAL_EVENT, report))
+
     async def _flush_outbox(self, ws: ClientConnection) -> None:
         while self._outbox:
             frame_type, body = self._outbox[0]
@@ -484,13 +586,16 @@ class Agent:
     async def _run(self, body: dict[str, Any], spec: ActionSpec) -> None:
         assert self._slots is not None
         async with self._slots:
+            relay = ProgressRelay(self, body["id"])
             started = protocol.now_ms()
             try:
-                outcome = await self.executor.run(spec, body["params"])
+                outcome = await self.executor.run(spec, body["params"], progress=relay.push)
             except Exception as exc:
                 log.exception("command %s failed to run", body["id"])
                 outcome = Outcome("error", code="CMD011", message=f"agent error: {exc}")
             finished = protocol.now_ms()
+            # The last lines go out before the result, so a follower sees them first.
+            await relay.close()
         if outcome.status == "ok":
             log.info("command %s (%s) finished", body["id"], spec.name)
         else:

@@ -2,22 +2,27 @@
 
 Each action runs as `python -m serverflow_agent.runner` in a new session (so a timeout
 kills the whole process group, including anything the action spawned) with RLIMIT_AS set
-by the child before the handler's module is imported.
+by the child before the handler's module is imported. While it runs, the progress lines
+it reports (serverflow_agent.progress) come through a pipe of their own and are handed
+to a callback as they arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serverflow_agent import progress as progress_lines
 from serverflow_agent import protocol
 from serverflow_agent.actions import ActionSpec
 from serverflow_agent.config import STATE_DIR_ENV
@@ -28,6 +33,11 @@ log = logging.getLogger(__name__)
 MAX_OUTPUT_BYTES = protocol.MAX_FRAME_BYTES
 STDERR_TAIL_BYTES = 4096
 STDERR_TAIL_LINES = 20
+MAX_PROGRESS_RECORD_BYTES = 16384
+PROGRESS_PIPE_BYTES = 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,25 @@ class Executor:
         self.env[STATE_DIR_ENV] = str(state_dir)
         self._running: set[int] = set()
 
-    async def run(self, spec: ActionSpec, params: dict[str, Any]) -> Outcome:
+    async def run(
+        self,
+        spec: ActionSpec,
+        params: dict[str, Any],
+        progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """Run one action; `progress` gets each `{"app", "stage", "line"}` it reports."""
         request = json.dumps(
-            {"handler": spec.handler, "params": params, "memory_limit_mb": spec.memory_limit_mb}
+            {
+                "handler": spec.handler,
+                "params": params,
+                "memory_limit_mb": spec.memory_limit_mb,
+                "limit_children": spec.limit_children,
+            }
         ).encode()
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # room for a burst of build output (Linux)
+            fcntl.fcntl(read_fd, F_SETPIPE_SZ, PROGRESS_PIPE_BYTES)
+        env = {**self.env, progress_lines.PROGRESS_FD_ENV: str(write_fd)}
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -61,16 +86,25 @@ class Executor:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
-                env=self.env,
+                pass_fds=(write_fd,),
+                env=env,
                 cwd="/",
             )
         except OSError as exc:
+            os.close(read_fd)
             return Outcome("error", code="CMD011", message=f"cannot start the action: {exc}")
+        finally:
+            os.close(write_fd)  # the child holds the only write end now: EOF when it exits
         self._running.add(proc.pid)
+        reader = asyncio.ensure_future(_read_progress(read_fd, progress))
         try:
             return await self._supervise(proc, request, spec)
         finally:
             self._running.discard(proc.pid)
+            try:
+                await asyncio.wait_for(reader, 0.5)
+            except (TimeoutError, asyncio.CancelledError):
+                reader.cancel()
 
     async def _supervise(
         self, proc: asyncio.subprocess.Process, request: bytes, spec: ActionSpec
@@ -147,6 +181,38 @@ def _kill_group(pid: int) -> None:
     # start_new_session made the child a process-group leader: pgid == pid.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+async def _read_progress(fd: int, callback: ProgressCallback | None) -> None:
+    """Hand each progress record to `callback` until the child closes its end.
+
+    Reading never waits for the callback's consumer: the callback must only queue.
+    A record longer than the limit is cut (the runner never writes one).
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_PROGRESS_RECORD_BYTES)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    buffer = b""
+    try:
+        while chunk := await reader.read(65536):
+            buffer += chunk
+            *records, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_PROGRESS_RECORD_BYTES:
+                records.append(buffer[:MAX_PROGRESS_RECORD_BYTES])
+                buffer = b""
+            if callback is None:
+                continue
+            for record in records:
+                if not record.strip():
+                    continue
+                for item in progress_lines.parse(record):
+                    try:
+                        callback(item)
+                    except Exception:
+                        log.exception("progress callback failed")
+    finally:
+        transport.close()
 
 
 async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> bytes:

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from serverflow_agent.config import ConfigError
+from serverflow_agent.config import AgentConfig, ConfigError
+
+# Debian/Ubuntu's nginx includes conf.d/*.conf; install.sh adds conf.d/serverflow.conf,
+# which includes this directory.
+DEFAULT_NGINX_CONF_DIR = Path("/etc/nginx/conf.d/serverflow")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ class AcmeSettings:
     config_dir: Path = Path("/var/lib/serverflow-agent/certbot")
     certbot: str = "certbot"
     ca_bundle: str | None = None  # trust this CA for the ACME server (tests: pebble)
-    renew_days: int = 30
+    renew_days: int = 30  # renew certificates with this many days left or fewer
+    renew_check_hours: float = 12.0  # how often the agent checks (serverflow_agent.renewal)
 
 
 @dataclass(frozen=True)
@@ -43,19 +48,28 @@ class DeploySettings:
     acme: AcmeSettings
     port_range: tuple[int, int] = (4000, 4999)
     drain_seconds: float = 2.0
+    python: str = "python3"  # makes the virtualenvs of Python apps
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> DeploySettings:
+        """The deploy settings of the agent whose state directory this is."""
+        return cls.from_config(state_dir, AgentConfig.load(state_dir).deploy)
 
     @classmethod
     def from_config(cls, state_dir: Path, raw: dict[str, Any] | None) -> DeploySettings:
         raw = dict(raw or {})
         try:
+            # The state dir is 0700 (it holds the keys); what nginx's workers must read
+            # (releases, static sites, ACME challenges) lives beside it, world-readable.
+            public = state_dir.parent / f"{state_dir.name}-www"
             nginx_raw = dict(raw.pop("nginx", {}) or {})
             acme_raw = dict(raw.pop("acme", {}) or {})
             nginx = NginxSettings(
                 **_typed(
                     NginxSettings,
                     {
-                        "conf_dir": state_dir / "nginx",
+                        "conf_dir": DEFAULT_NGINX_CONF_DIR,
                         "certs_dir": state_dir / "certs",
                         **nginx_raw,
                     },
@@ -65,14 +79,14 @@ class DeploySettings:
                 **_typed(
                     AcmeSettings,
                     {
-                        "webroot": state_dir / "acme-webroot",
+                        "webroot": public / "acme-webroot",
                         "config_dir": state_dir / "certbot",
                         **acme_raw,
                     },
                 )
             )
             base = {
-                "apps_dir": state_dir / "apps",
+                "apps_dir": public / "apps",
                 "cache_dir": state_dir / "cache",
                 "pm2_home": state_dir / "pm2",
             }

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -127,6 +127,9 @@ class AgentHub:
         self._key: signing.ActiveKey | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        # Called (in the background) each time an agent is authorized: e.g. the deployer
+        # re-sends the server's desired state, so apps come back after a server reboot.
+        self.on_connect: Callable[[uuid.UUID, Server], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -212,6 +215,8 @@ class AgentHub:
             if previous is not None:
                 await self._close(previous, CLOSE_POLICY, "replaced by a newer connection")
             writer = asyncio.create_task(self._write(session))
+            if self.on_connect is not None:
+                self._spawn(self.on_connect(session.org_id, server))
             while True:
                 data = await transport.receive()
                 session.last_heard = time.monotonic()

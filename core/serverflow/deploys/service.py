@@ -86,6 +86,34 @@ class Deployer:
 
     # -- lifecycle -----------------------------------------------------------------
 
+    async def resync(self, org_id: uuid.UUID, server: Server) -> None:
+        """Send a (re)connected server the apps it should run: after a reboot, or a
+        `pm2 kill`, the agent restarts them from the releases it kept, without building."""
+        async with scoped(org_id):
+            has_live = await AppServer.filter(
+                server_id=server.id, live_deployment_id__isnull=False
+            ).exists()
+        if not has_live:
+            return
+        lock = self._locks[server.id]
+        if lock.locked():
+            return  # a deployment is running: it sends the whole document itself
+        try:
+            async with lock:
+                doc = await self._document(org_id, server, None, None)
+                command = await self.hub.run(
+                    org_id, server, APPLY_ACTION, "change", doc, "system:resync", APPLY_TIMEOUT_S
+                )
+            if command.status == CommandStatus.OK:
+                async with scoped(org_id):
+                    await ServerState.filter(server_id=server.id).update(applied_hash=doc["hash"])
+            else:
+                log.warning(
+                    "resync of %s failed: %s %s", server.name, command.code, command.message
+                )
+        except Exception:
+            log.exception("resync of %s failed", server.name)
+
     async def start(self) -> None:
         """Deployments that were running when the control plane stopped cannot be followed."""
         from serverflow.models import Organization
@@ -100,6 +128,7 @@ class Deployer:
                     reason="interrupted: the control plane restarted during the deploy",
                 )
         self._flusher = asyncio.create_task(self._flush_loop())
+        self.hub.on_connect = self.resync
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -1,64 +1,180 @@
-"""Talking to the `pm2` binary with a private PM2_HOME."""
+"""The PM2 runtime on the agent: drives the real `pm2` binary with a private PM2_HOME.
+
+Each release process is described by a JSON ecosystem file (script = absolute argv[0],
+args = the rest, interpreter "none": PM2 spawns it directly, no shell) and runs with
+autorestart. The pm2 CLI gets a minimal environment, because PM2 copies the CLI's
+environment into every app it starts. Every pm2 call goes through serverflow_agent.spawn,
+so the PM2 daemon (which the first call starts) never inherits an action's memory limit.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
+from collections import deque
+from pathlib import Path
 from typing import Any
 
+from serverflow_agent import spawn
+from serverflow_agent.deploy.environment import base_env
+from serverflow_agent.runtime import ProcessInfo, ReleaseProcess, RuntimeFailure
 
-class Pm2Error(RuntimeError):
+PM2_TIMEOUT_S = 60.0
+MAX_LOG_LINE = 2000
+
+
+class Pm2Error(RuntimeFailure):
     pass
 
 
-def pm2_env(pm2_home: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PM2_HOME"] = pm2_home or env.get("PM2_HOME") or os.path.expanduser("~/.serverflow/pm2")
-    return env
+def parse_jlist(output: str) -> list[dict[str, Any]]:
+    """The process list from `pm2 jlist` output.
 
-
-def run_pm2(args: list[str], pm2_home: str | None = None, timeout: float = 30) -> str:
-    binary = shutil.which("pm2")
-    if binary is None:
-        raise Pm2Error("pm2 is not installed (npm install -g pm2)")
-    proc = subprocess.run(
-        [binary, *args],
-        env=pm2_env(pm2_home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise Pm2Error(f"pm2 {args[0]} failed: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
-def jlist(pm2_home: str | None = None) -> list[dict[str, Any]]:
-    out = run_pm2(["jlist"], pm2_home)
-    # pm2 may print a banner before the JSON on first start.
-    start = out.find("[")
-    return json.loads(out[start:]) if start >= 0 else []
-
-
-def status(params: dict[str, Any], pm2_home: str | None = None) -> dict[str, Any]:
-    prefix = params.get("prefix", "")
-    processes = []
-    for proc in jlist(pm2_home):
-        if not proc.get("name", "").startswith(prefix):
+    A fresh PM2_HOME makes pm2 print a banner and "[PM2] Spawning PM2 daemon" lines
+    (with colour codes) before the JSON, so take the line that decodes as a JSON array.
+    """
+    decoder = json.JSONDecoder()
+    for line in reversed(output.splitlines()):
+        text = line.strip()
+        if not text.startswith("["):
             continue
-        env = proc.get("pm2_env", {})
-        monit = proc.get("monit", {})
-        processes.append(
-            {
-                "name": proc.get("name"),
-                "pid": proc.get("pid"),
-                "status": env.get("status"),
-                "restarts": env.get("restart_time", 0),
-                "memory": monit.get("memory"),
-                "cpu": monit.get("cpu"),
-            }
-        )
-    return {"processes": processes}
+        try:
+            value, end = decoder.raw_decode(text)
+        except ValueError:
+            continue
+        if isinstance(value, list) and not text[end:].strip():
+            return [p for p in value if isinstance(p, dict)]
+    raise Pm2Error(f"pm2 jlist printed no process list: {output.strip()[-300:]!r}")
+
+
+def _info(proc: dict[str, Any]) -> ProcessInfo:
+    env = proc.get("pm2_env") or {}
+    monit = proc.get("monit") or {}
+    pid = proc.get("pid")
+    return ProcessInfo(
+        name=str(proc.get("name")),
+        status=str(env.get("status", "unknown")),
+        pid=pid if isinstance(pid, int) and pid > 0 else None,
+        restarts=int(env.get("restart_time") or 0),
+        memory=monit.get("memory"),
+        cpu=monit.get("cpu"),
+    )
+
+
+class Pm2Runtime:
+    name = "pm2"
+
+    def __init__(self, home: Path, binary: str = "pm2") -> None:
+        self.home = Path(home)
+        self.binary = binary
+
+    # -- files ---------------------------------------------------------------------------
+
+    @property
+    def _files(self) -> Path:
+        return self.home / "serverflow"
+
+    def ecosystem_path(self, name: str) -> Path:
+        return self._files / f"{name}.json"
+
+    def log_path(self, name: str) -> Path:
+        return self._files / "logs" / f"{name}.log"
+
+    # -- the pm2 binary ------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = base_env()
+        env["PM2_HOME"] = str(self.home)
+        return env
+
+    def _pm2(self, *args: str) -> str:
+        try:
+            result = spawn.capture([self.binary, *args], env=self._env(), timeout=PM2_TIMEOUT_S)
+        except spawn.CommandNotFound as exc:
+            raise Pm2Error("pm2 is not installed on this server (npm install -g pm2)") from exc
+        except spawn.CommandTimeout as exc:
+            raise Pm2Error(f"pm2 {args[0]} did not answer within {PM2_TIMEOUT_S:g} s") from exc
+        if result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip())[-500:]
+            raise Pm2Error(f"pm2 {args[0]} failed: {detail}")
+        return result.stdout
+
+    def daemon_running(self) -> bool:
+        try:
+            pid = int((self.home / "pm2.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def jlist(self) -> list[dict[str, Any]]:
+        # Asking a stopped PM2 for its list would start a daemon just to hear "nothing".
+        if not self.daemon_running():
+            return []
+        return parse_jlist(self._pm2("jlist"))
+
+    # -- Runtime -------------------------------------------------------------------------
+
+    def start(self, process: ReleaseProcess) -> None:
+        if not process.argv or not os.path.isabs(process.argv[0]):
+            raise Pm2Error(f"{process.name}: the program must be an absolute path")
+        if self.exists(process.name):
+            self._pm2("delete", process.name)
+        (self._files / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = str(self.log_path(process.name))
+        app = {
+            "name": process.name,
+            "script": process.argv[0],
+            "args": list(process.argv[1:]),
+            "interpreter": "none",
+            "cwd": str(process.cwd),
+            "env": dict(process.env),
+            "autorestart": True,
+            "exp_backoff_restart_delay": 100,
+            "kill_timeout": 5000,
+            "treekill": True,
+            "out_file": log,
+            "error_file": log,
+            "merge_logs": True,
+            "vizion": False,
+            "pmx": False,
+            "automation": False,
+        }
+        path = self.ecosystem_path(process.name)
+        # The file holds the app's environment (secrets): readable by root only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"apps": [app]}, f)
+        self._pm2("start", str(path))
+        if not self.exists(process.name):
+            raise Pm2Error(f"pm2 did not start {process.name}")
+
+    def exists(self, name: str) -> bool:
+        return any(p.get("name") == name for p in self.jlist())
+
+    def stop(self, name: str) -> None:
+        self._pm2("stop", name)
+
+    def restart(self, name: str) -> None:
+        if not self.exists(name):
+            raise Pm2Error(f"no PM2 process named {name}")
+        self._pm2("restart", name)
+
+    def delete(self, name: str) -> None:
+        if self.exists(name):
+            self._pm2("delete", name)
+        self.ecosystem_path(name).unlink(missing_ok=True)
+        self.log_path(name).unlink(missing_ok=True)
+
+    def status(self, prefix: str = "") -> list[ProcessInfo]:
+        return [_info(p) for p in self.jlist() if str(p.get("name", "")).startswith(prefix)]
+
+    def logs(self, name: str, lines: int = 50) -> list[str]:
+        try:
+            with open(self.log_path(name), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256 * 1024))
+                tail = deque(f, maxlen=lines)
+        except OSError:
+            return []
+        return [line.decode("utf-8", "replace").rstrip("\n")[:MAX_LOG_LINE] for line in tail]

@@ -1,17 +1,54 @@
-"""The PM2 runtime: what the control-plane side plans, what the agent side reads from real PM2."""
+"""The PM2 runtime: the control-plane plan, and the agent side against the real `pm2`."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from serverflow.interfaces import Release, Runtime
+from serverflow_agent.deploy.runtimes import load_runtimes
+from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.plugins import AgentPlugins
-from serverflow_runtime_pm2 import pm2
+from serverflow_agent.runtime import ReleaseProcess
+from serverflow_agent.runtime import Runtime as AgentRuntime
 from serverflow_runtime_pm2.control import Pm2Runtime
-from tests.components.pm2 import pm2_home
+from serverflow_runtime_pm2.pm2 import Pm2Error, parse_jlist
+from serverflow_runtime_pm2.pm2 import Pm2Runtime as AgentPm2
+from tests.components import free_port
+from tests.components.pm2 import pm2_home, processes, require_node_and_pm2
+
+APP = """
+const http = require("http");
+console.log("argv " + JSON.stringify(process.argv.slice(2)));
+console.log("secret " + (process.env.AGENT_SECRET || "none") + " greeting " + process.env.GREETING);
+console.error("to stderr");
+http.createServer((q, s) => s.end("pid " + process.pid)).listen(Number(process.env.PORT));
+"""
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[AgentPm2]:
+    require_node_and_pm2()
+    with pm2_home(tmp_path) as home:
+        yield AgentPm2(home)
 
 
 def test_runtime_plans_agent_actions() -> None:
@@ -29,43 +66,92 @@ def test_runtime_plans_agent_actions() -> None:
     )
     assert call.action == "pm2.start"
     assert call.params["name"] == "shop--r7"
-    assert call.params["command"] == ["node", "server.js"]
     assert runtime.status("shop").params == {"prefix": "shop--"}
 
 
-def test_agent_side_registers_status_action() -> None:
+def test_agent_side_registers_actions_and_runtime(tmp_path: Path) -> None:
     plugins = AgentPlugins()
-    spec = plugins.actions.get("pm2.status")
-    assert spec is not None and spec.kind == "read"
-    assert plugins.actions.owner("pm2.status") == "runtime_pm2"
+    kinds = {name: plugins.actions.get(name) for name in ("pm2.status", "pm2.logs", "pm2.restart")}
+    assert {n: s.kind for n, s in kinds.items() if s} == {
+        "pm2.status": "read",
+        "pm2.logs": "read",
+        "pm2.restart": "change",
+    }
+    assert all(plugins.actions.owner(n) == "runtime_pm2" for n in kinds)
+    # pm2 may start its daemon: none of them may hand it an action's memory limit.
+    assert all(s is not None and s.limit_children is False for s in kinds.values())
+    settings = DeploySettings.from_config(tmp_path, {"pm2_home": str(tmp_path / "pm2")})
+    runtimes = load_runtimes(settings)
+    assert isinstance(runtimes["pm2"], AgentRuntime)
+    assert runtimes["pm2"].home == tmp_path / "pm2"  # type: ignore[attr-defined]
 
 
-def test_status_reads_real_pm2(tmp_path: Path) -> None:
+def test_jlist_of_a_fresh_pm2_home_with_its_banner(tmp_path: Path) -> None:
+    require_node_and_pm2()
     with pm2_home(tmp_path) as home:
-        script = tmp_path / "idle.js"
-        script.write_text("setInterval(() => {}, 1000);\n")
-        env = {**os.environ, "PM2_HOME": str(home)}
-        subprocess.run(
-            ["pm2", "start", str(script), "--name", "shop--r1"],
-            env=env,
-            check=True,
+        out = subprocess.run(
+            ["pm2", "jlist"],
+            env={**os.environ, "PM2_HOME": str(home)},
             capture_output=True,
+            text=True,
             timeout=60,
-        )
-        subprocess.run(
-            ["pm2", "start", str(script), "--name", "other--r1"],
-            env=env,
             check=True,
-            capture_output=True,
-            timeout=60,
+        ).stdout
+    assert "[PM2]" in out  # the banner a first call prints, before the JSON
+    assert parse_jlist(out) == []
+    with pytest.raises(Pm2Error):
+        parse_jlist("[PM2] Spawning PM2 daemon\n")
+
+
+def test_start_status_logs_restart_delete(runtime: AgentPm2, tmp_path: Path) -> None:
+    script = tmp_path / "app.js"
+    script.write_text(APP)
+    port = free_port()
+    node = shutil.which("node")
+    assert node
+    odd = ["a b", "$(touch pwned)", "; rm -rf /", "--flag"]
+    os.environ["AGENT_SECRET"] = "must-not-leak"
+    try:
+        runtime.start(
+            ReleaseProcess(
+                "shop--r1",
+                (node, str(script), *odd),
+                tmp_path,
+                {"PORT": str(port), "GREETING": "hi there", "PATH": "/usr/bin:/bin"},
+            )
         )
-        deadline = time.monotonic() + 20
-        while True:
-            result = pm2.status({"prefix": "shop--"}, pm2_home=str(home))
-            procs = result["processes"]
-            if procs and procs[0]["status"] == "online" and procs[0]["pid"]:
-                break
-            assert time.monotonic() < deadline, result
-            time.sleep(0.2)
-        assert [p["name"] for p in procs] == ["shop--r1"]
-        os.kill(procs[0]["pid"], 0)  # a real process
+    finally:
+        del os.environ["AGENT_SECRET"]
+    online = eventually(
+        lambda: [p for p in runtime.status("shop--") if p.status == "online" and p.pid],
+        what="the process to be online",
+    )
+    assert [p.name for p in online] == ["shop--r1"]
+    assert processes(runtime.home)["shop--r1"]["pid"] == online[0].pid
+    logs = eventually(lambda: len(runtime.logs("shop--r1")) >= 3 and runtime.logs("shop--r1"))
+    assert f"argv {json.dumps(odd, separators=(',', ':'))}" in logs
+    assert "secret none greeting hi there" in logs  # no shell, no agent environment
+    assert "to stderr" in logs
+    assert not (tmp_path / "pwned").exists()
+
+    runtime.restart("shop--r1")
+    eventually(
+        lambda: [p for p in runtime.status("shop--r1") if p.pid and p.pid != online[0].pid],
+        what="a new pid after restart",
+    )
+    runtime.stop("shop--r1")
+    assert [p.status for p in runtime.status("shop--r1")] == ["stopped"]
+    runtime.delete("shop--r1")
+    runtime.delete("shop--r1")  # deleting what is gone is fine
+    assert runtime.status("") == []
+    assert not runtime.log_path("shop--r1").exists()
+    assert not runtime.ecosystem_path("shop--r1").exists()
+
+
+def test_status_without_a_daemon_starts_none(tmp_path: Path) -> None:
+    require_node_and_pm2()
+    home = tmp_path / "pm2"
+    assert AgentPm2(home).status("") == []
+    assert not (home / "pm2.pid").exists()
+    with pytest.raises(Pm2Error, match="no PM2 process named x"):
+        AgentPm2(home).restart("x")

@@ -1,0 +1,137 @@
+"""What an app asks of the proxy (`Route`) and the checks that keep nginx's syntax safe.
+
+Everything that ends up inside an nginx file is checked here first, so a value can never
+close a block, start a directive or smuggle a variable: a bad value is refused before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from serverflow_agent.proxy.errors import ProxyError
+
+_APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+_FS_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+SHARED_NAME = "00-serverflow"  # the shared file's stem; never an app name
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an app is reached: its domains, an optional path prefix, and what serves it.
+
+    Exactly one of `upstream_port` (a process on 127.0.0.1) or `static_root` (a directory
+    nginx serves itself) is set.
+    """
+
+    domains: list[str]
+    upstream_port: int | None = None
+    static_root: str | None = None
+    path: str = "/"
+
+
+def check_app(name: str) -> str:
+    if not isinstance(name, str) or not _APP.fullmatch(name) or name == SHARED_NAME:
+        raise ProxyError(
+            f"invalid app name {name!r}: use 1-64 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_release(release: str) -> str:
+    if not isinstance(release, str) or not _RELEASE.fullmatch(release):
+        raise ProxyError(
+            f"invalid release id {release!r}: use up to 100 letters, digits, '.', '-' or '_'"
+        )
+    return release
+
+
+def check_domain(domain: str) -> str:
+    """A DNS host name (lower-cased); no wildcards, ports, IP literals or trailing dot."""
+    if not isinstance(domain, str):
+        raise ProxyError(f"invalid domain {domain!r}: not a string")
+    name = domain.strip().lower()
+    labels = name.split(".")
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif len(name) > 253:
+        problem = "it is longer than 253 characters"
+    elif not name.isascii():
+        problem = "write an internationalised name in its punycode (xn--) form"
+    elif len(labels) < 2:
+        problem = "it needs at least two labels (like example.com)"
+    elif not all(_LABEL.fullmatch(label) for label in labels):
+        problem = (
+            "each dot-separated label must be 1-63 letters, digits or '-' "
+            "and must not start or end with '-'"
+        )
+    elif labels[-1].isdigit():
+        problem = "an IP address is not a domain"
+    if problem:
+        raise ProxyError(f"invalid domain {domain!r}: {problem}")
+    return name
+
+
+def check_domains(domains: list[str]) -> list[str]:
+    if isinstance(domains, str) or not domains:
+        raise ProxyError("a route needs at least one domain (a list of host names)")
+    checked: list[str] = []
+    for domain in domains:
+        name = check_domain(domain)
+        if name not in checked:
+            checked.append(name)
+    return checked
+
+
+def check_path(path: str) -> str:
+    """A URL path prefix, normalised to start and end with '/'."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ProxyError(f"invalid path {path!r}: it must start with '/'")
+    segments = [s for s in path.split("/") if s]
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
+            raise ProxyError(
+                f"invalid path {path!r}: segments may hold letters, digits, '.', '_', '~' "
+                "or '-' and may not be '.' or '..'"
+            )
+    return "/" + "".join(f"{s}/" for s in segments)
+
+
+def check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ProxyError(f"invalid upstream port {port!r}: it must be an integer 1-65535")
+    return port
+
+
+def check_fs_path(path: str | Path, what: str) -> str:
+    """An absolute file-system path made of characters that are plain in nginx syntax."""
+    text = str(path)
+    if not _FS_PATH.fullmatch(text) or "/../" in f"{text}/":
+        raise ProxyError(
+            f"invalid {what} {text!r}: it must be absolute and hold only letters, digits "
+            "and . _ / @ + -"
+        )
+    return text
+
+
+def checked(route: Route) -> Route:
+    """The route with normalised values, or ProxyError naming what is wrong."""
+    if not isinstance(route, Route):
+        raise ProxyError(f"expected a Route, got {type(route).__name__}")
+    if (route.upstream_port is None) == (route.static_root is None):
+        raise ProxyError("a route needs exactly one of upstream_port or static_root")
+    return Route(
+        domains=check_domains(route.domains),
+        upstream_port=None if route.upstream_port is None else check_port(route.upstream_port),
+        static_root=(
+            None if route.static_root is None else check_fs_path(route.static_root, "static root")
+        ),
+        path=check_path(route.path),
+    )
