@@ -13,7 +13,7 @@ from serverflow import audit
 from serverflow.models import AuditEntry, Role
 from serverflow.tenancy import is_postgres, scoped
 from tests.components.controlplane import cli_env
-from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant
+from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant, sign_in
 
 
 async def _entries(tenant: Tenant) -> list[AuditEntry]:
@@ -132,6 +132,60 @@ async def test_retention_keeps_the_chain_checkable(control_plane: ControlPlaneUn
     change = f"DELETE FROM audit_log WHERE id = {marker.id}"
     await _tamper(control_plane, tenant, change, change)
     assert not (await audit.verify(tenant.org.id)).ok
+
+
+async def test_the_api_and_the_dashboard_read_the_log(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    tenant = await control_plane.tenant("Acme")
+    other = await control_plane.tenant("Globex")
+    await _changes(control_plane, tenant)
+    await _changes(control_plane, other, "globex-web")
+    client = control_plane.client()
+    viewer = tenant.auth(Role.VIEWER)
+
+    listed = await client.get("/api/v1/audit?limit=2", headers=viewer)
+    assert listed.status_code == 200
+    first = await listed.get_json()
+    newest = await _entries(tenant)
+    assert [e["seq"] for e in first["entries"]] == [newest[-1].seq, newest[-2].seq]
+    assert first["entries"][0]["action"] == "api.create_token"
+    assert first["next_before"] == newest[-2].seq
+    older = await client.get(f"/api/v1/audit?before={first['next_before']}", headers=viewer)
+    rest = (await older.get_json())["entries"]
+    assert [e["seq"] for e in rest] == [r.seq for r in reversed(newest[:-2])]
+    assert all("globex" not in json.dumps(e) for e in first["entries"] + rest)
+
+    refusals = await client.get("/api/v1/audit?actor=viewer-token", headers=viewer)
+    [refusal] = (await refusals.get_json())["entries"]
+    assert (refusal["action"], refusal["outcome"]) == ("api.create_server", "AUTH004")
+    bad = await client.get("/api/v1/audit?limit=0", headers=viewer)
+    assert bad.status_code == 400 and (await bad.get_json())["error"]["code"] == "VAL001"
+
+    verified = await client.get("/api/v1/audit/verify", headers=viewer)
+    assert await verified.get_json() == {
+        "ok": True,
+        "entries": len(newest),
+        "broken_seq": None,
+        "problem": None,
+    }
+
+    await sign_in(client, tenant.owner.email)
+    page = await (await client.get("/audit?action=api.create_server&verify=1")).get_data(
+        as_text=True
+    )
+    assert page.count('<tr data-seq="') == 3  # the three create_server calls, refusals too
+    assert "AUTH004" in page and "VAL001" in page and "api.create_token" not in page
+    assert 'id="audit-verdict" data-ok="true"' in page
+
+    victim = newest[0]
+    change = f"UPDATE audit_log SET actor = 'someone-else' WHERE id = {victim.id}"
+    await _tamper(control_plane, tenant, change, change)
+    broken = await (await client.get("/audit?verify=1")).get_data(as_text=True)
+    assert 'data-ok="false"' in broken and f"#{victim.seq}" in broken
+    assert (await (await client.get("/api/v1/audit/verify", headers=viewer)).get_json())[
+        "broken_seq"
+    ] == victim.seq
 
 
 def test_cli_verify_and_export(tmp_path: Path) -> None:

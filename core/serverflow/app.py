@@ -13,11 +13,12 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
 
-from serverflow import __version__, audit, db
+from serverflow import __version__, audit, db, marketplace, plans
 from serverflow.controlplane import EXTENSION, ControlPlane
 from serverflow.errors import ConfigError
 from serverflow.http_errors import JsonRequest, register_error_handlers
 from serverflow.keys import AppKeys
+from serverflow.mcp.endpoint import McpEndpoint
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
 from serverflow_agent.tlspin import spki_pin
@@ -98,6 +99,10 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     from serverflow.health import bp as health_bp
     from serverflow.web import bp as web_bp
 
+    # Plugins the dashboard disabled stay off across restarts: apply that before their
+    # blueprints are mounted, so a disabled plugin gets no routes.
+    marketplace.current(app).apply_saved_state()
+
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(agents_bp)
@@ -111,6 +116,8 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
                 f"blueprint {blueprint.name!r} rejected: {exc}",
             )
     register_error_handlers(app)
+    mcp = McpEndpoint(app, cp)
+    app.asgi_app = mcp.wrap(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
 
     background: list[asyncio.Task[None]] = []
 
@@ -120,11 +127,13 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         try:
             await cp.hub.start()
             await cp.deployer.start()
+            await mcp.start()
         except BaseException:
             await db.close_orm()  # an open SQLite thread would keep the process alive
             raise
         background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
         background.append(asyncio.create_task(audit.retention_loop(settings.audit_retention_days)))
+        background.append(asyncio.create_task(plans.sweep_loop()))
         log.info(
             "serverflow %s ready on %s (database: %s)",
             __version__,
@@ -136,6 +145,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     async def _stop() -> None:
         for task in background:
             task.cancel()
+        await mcp.stop()
         await cp.deployer.stop()
         await cp.hub.stop()
         await db.close_orm()

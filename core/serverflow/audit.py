@@ -201,6 +201,25 @@ async def verify_all(org_ids: Iterable[uuid.UUID] | None = None) -> list[Verdict
     return [await verify(org_id) for org_id in org_ids]
 
 
+async def page(
+    before: int | None = None,
+    limit: int = 100,
+    actor: str | None = None,
+    action: str | None = None,
+) -> list[AuditEntry]:
+    """Entries of the current scope's organisation, newest first: those with a sequence
+    number below `before`, whose actor contains `actor` and whose action starts with
+    `action`."""
+    query = AuditEntry.all()
+    if before is not None:
+        query = query.filter(seq__lt=before)
+    if actor:
+        query = query.filter(actor__icontains=actor)
+    if action:
+        query = query.filter(action__startswith=action)
+    return await query.order_by("-seq").limit(limit)
+
+
 async def export(org_id: uuid.UUID, since: datetime | None = None) -> AsyncIterator[dict[str, Any]]:
     async with scoped(org_id):
         query = AuditEntry.all().order_by("seq")

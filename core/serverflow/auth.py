@@ -82,6 +82,11 @@ async def _from_token(raw: str) -> Principal:
     )
 
 
+async def token_principal(authorization: str) -> Principal:
+    """The caller an `Authorization: Bearer ...` value names, checked as for the REST API."""
+    return await _from_token(authorization)
+
+
 async def session_user() -> tuple[UserSession, User] | None:
     """The signed-in browser session and its user, if any."""
     if "sf_session" in g:

@@ -287,11 +287,14 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def plugins_list(as_json: bool) -> None:
     """List plugins with their version, hooks and status (broken ones show their error)."""
+    from serverflow.marketplace import Marketplace
     from serverflow.plugins import Plugins
 
     settings = _settings()
     configure_logging("CRITICAL", "text")  # errors are shown in the listing itself
-    rows = Plugins(disabled=settings.disabled_plugins).report()
+    loaded = Plugins(disabled=settings.disabled_plugins)
+    Marketplace(settings, loaded).apply_saved_state()  # what the dashboard switched off
+    rows = loaded.report()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -835,3 +838,8 @@ def config_show(as_json: bool) -> None:
         return
     for key, value in shown.items():
         click.echo(f"{key} = {value}")
+
+
+from serverflow.cli_plans import plans  # noqa: E402
+
+main.add_command(plans)

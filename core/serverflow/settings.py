@@ -38,6 +38,11 @@ class Settings(BaseModel):
     login_max_failures: int = Field(default=5, ge=1)
     login_window_minutes: int = Field(default=15, ge=1)
     disabled_plugins: tuple[str, ...] = ()
+    # The marketplace: a JSON catalog (file path or http(s) URL) and where Install gets
+    # packages from (a local wheelhouse directory, else a package index URL).
+    plugin_catalog: str = ""
+    plugin_index_url: str = ""
+    plugin_wheelhouse: Path | None = None
     heartbeat_interval_ms: int = Field(default=5000, ge=100, le=600_000)
     offline_after_missed: int = Field(default=3, ge=1)
     heartbeat_history: int = Field(default=720, ge=1)
@@ -45,6 +50,7 @@ class Settings(BaseModel):
     audit_retention_days: int = Field(default=365, ge=1)
     api_rate_per_minute: int = Field(default=600, ge=1)
     mcp_rate_per_minute: int = Field(default=120, ge=1)
+    plan_expiry_seconds: int = Field(default=900, ge=1)  # MCP dry runs not applied in time
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     config_file: Path | None = None

@@ -6,4 +6,13 @@ from quart import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from serverflow.api import apps, members, org, plugins, servers, tokens  # noqa: E402,F401
+from serverflow.api import (  # noqa: E402,F401
+    apps,
+    audit,
+    members,
+    org,
+    plans,
+    plugins,
+    servers,
+    tokens,
+)

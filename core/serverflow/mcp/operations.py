@@ -1,0 +1,20 @@
+"""Every operation a plan can hold, by the name of the MCP tool that proposes it."""
+
+from __future__ import annotations
+
+from serverflow.mcp.actions import RunAction
+from serverflow.mcp.apps import CreateApp, DeleteApp, UpdateApp
+from serverflow.mcp.deploys import DeployApp, RestartApp, RollbackApp
+from serverflow.mcp.operation import Operation
+from serverflow.mcp.servers import DeleteServer
+
+OPERATIONS: dict[str, Operation] = {
+    "create_app": CreateApp(),
+    "update_app": UpdateApp(),
+    "deploy_app": DeployApp(),
+    "rollback_app": RollbackApp(),
+    "restart_app": RestartApp(),
+    "run_action": RunAction(),
+    "delete_app": DeleteApp(),
+    "delete_server": DeleteServer(),
+}

@@ -1,0 +1,73 @@
+"""Creating an app, and an app's page: deployments, live log, deploy and rollback."""
+
+from __future__ import annotations
+
+import uuid
+
+from quart import render_template
+from quart_schema import hide
+
+from serverflow.controlplane import current
+from serverflow.deploys.service import decrypt_env
+from serverflow.deploys.webhooks import hook_urls
+from serverflow.errors import NotFound
+from serverflow.models import App, AppServer, Deployment, DeploymentStatus, Role, Server
+from serverflow.web import bp
+from serverflow.web.viewer import Viewer, page
+
+
+@bp.get("/apps/new")
+@hide
+@page(Role.MEMBER)
+async def new_app(viewer: Viewer) -> str:
+    servers = await Server.all().order_by("name")
+    runtimes = sorted(current().plugins.runtimes, key=lambda r: r.name)
+    return await render_template(
+        "app_new.html", servers=servers, runtimes=runtimes, active="overview"
+    )
+
+
+async def get_app(app_id: str) -> App:
+    try:
+        app = await App.get_or_none(id=uuid.UUID(app_id))
+    except ValueError:
+        app = await App.get_or_none(name=app_id)
+    if app is None:
+        raise NotFound(f"app {app_id} not found", code="APP001")
+    return app
+
+
+@bp.get("/apps/<app_id>")
+@hide
+@page()
+async def app_detail(viewer: Viewer, app_id: str) -> str:
+    app = await get_app(app_id)
+    cp = current()
+    placements = await AppServer.filter(app_id=app.id)
+    servers = {s.id: s for s in await Server.filter(id__in=[p.server_id for p in placements])}
+    deployments = await Deployment.filter(app_id=app.id).order_by("-created_at").limit(50)
+    active = next(
+        (d for d in deployments if d.status in (DeploymentStatus.RUNNING, DeploymentStatus.QUEUED)),
+        deployments[0] if deployments else None,
+    )
+    env_names = sorted(decrypt_env(cp.keys.cipher, app.env_encrypted))
+    webhook = None
+    if viewer.can(Role.ADMIN):  # the secret is shown to admins only
+        github, gitlab = hook_urls(cp.settings.base_url, app.organization_id, app.id)
+        webhook = {
+            "github": github,
+            "gitlab": gitlab,
+            "secret": cp.keys.cipher.decrypt(app.webhook_secret_encrypted),
+        }
+    return await render_template(
+        "app.html",
+        app=app,
+        placements=placements,
+        servers=servers,
+        server_names={str(k): s.name for k, s in servers.items()},
+        deployments=deployments,
+        following=active,
+        env_names=env_names,
+        webhook=webhook,
+        active="overview",
+    )
