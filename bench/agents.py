@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.simagent import SimAgent  # noqa: E402
 from serverflow_agent import protocol  # noqa: E402
 from tests.components.controlplane import Deployment, bootstrap  # noqa: E402
+from tests.components.protocol_peer import register_agent  # noqa: E402
 
 TARGETS = {
     "connected": ("agents connected", ">= N (1,000 at full size)"),
@@ -166,21 +167,7 @@ def real_agent(dep: Deployment, work: Path, idle_seconds: float) -> dict[str, fl
     ).json()
     state = work / "agent-state"
     agent_bin = Path(sys.executable).with_name("serverflow-agent")
-    subprocess.run(
-        [
-            str(agent_bin),
-            "register",
-            "--url",
-            dep.url,
-            "--token",
-            made["install"]["token"],
-            "--state-dir",
-            str(state),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    register_agent(dep.url, made["install"]["token"], state)
     log = open(work / "agent.log", "wb")
     process = subprocess.Popen(
         [str(agent_bin), "run", "--state-dir", str(state)], stdout=log, stderr=subprocess.STDOUT

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,12 +25,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serverflow_agent.config import AgentConfig  # noqa: E402
 from tests.components.controlplane import Deployment, bootstrap  # noqa: E402
 from tests.components.gitrepo import GitRepo  # noqa: E402
 from tests.components.pm2 import pm2_home  # noqa: E402
-
-AGENT_BIN = Path(sys.executable).with_name("serverflow-agent")
+from tests.components.protocol_peer import AgentProcess, register_agent  # noqa: E402
 
 
 def timed_deploy(dep: Deployment, app: str) -> float:
@@ -61,38 +58,16 @@ def main() -> int:
                 with dep.http() as http:
                     made = http.post("/servers", json={"name": "bench-1"}).json()
                 state = base / "agent"
-                subprocess.run(
-                    [
-                        str(AGENT_BIN),
-                        "register",
-                        "--url",
-                        dep.url,
-                        "--token",
-                        made["install"]["token"],
-                        "--state-dir",
-                        str(state),
-                    ],
-                    check=True,
-                    capture_output=True,
-                    timeout=60,
-                )
-                config = AgentConfig.load(state)
-                config.deploy = {
+                deploy = {
                     "apps_dir": str(base / "apps"),
                     "cache_dir": str(base / "cache"),
                     "pm2_home": str(pm2),
                     "port_range": [25000, 25100],
                     "drain_seconds": 2,
                 }
-                config.save(state)
+                register_agent(dep.url, made["install"]["token"], state, deploy=deploy)
                 env = {**os.environ, "npm_config_cache": str(base / "npm-cache")}
-                log = open(base / "agent.log", "wb")
-                agent = subprocess.Popen(
-                    [str(AGENT_BIN), "run", "--state-dir", str(state)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
+                agent = AgentProcess(state, env, base / "agent.log").start()
                 deadline = time.monotonic() + 60
                 while (
                     httpx.get(
@@ -140,8 +115,7 @@ def main() -> int:
                 figures["python_redeploy_same_requirements_s"] = timed_deploy(dep, "py-a")
             finally:
                 if agent is not None:
-                    agent.terminate()
-                    agent.wait(timeout=30)
+                    agent.stop()
                 dep.cp.stop()
 
     rows = [

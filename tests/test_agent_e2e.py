@@ -10,7 +10,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,9 @@ import psutil
 import pytest
 
 from serverflow_agent import protocol
+from tests.components import wait_for
 from tests.components.controlplane import ControlPlaneProcess, Deployment, bootstrap
 from tests.components.tls import CertificateAuthority
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class Installed:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.simagent import SimAgent, register
 from serverflow_agent import protocol
+from tests.components import wait_for
 from tests.components.controlplane import Deployment, bootstrap
 
 INTERVAL_MS = 400
@@ -56,17 +56,6 @@ def enrolled(
     if actions is not None:
         agent.actions = actions
     return agent
-
-
-def wait_for(check: Any, timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def server_state(dep: Deployment, server_id: str) -> dict[str, Any]:

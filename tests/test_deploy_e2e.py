@@ -13,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,26 +24,14 @@ import httpx
 import psutil
 import pytest
 
-from serverflow_agent.config import AgentConfig
+from tests.components import wait_for
 from tests.components.controlplane import Deployment as Stack
 from tests.components.controlplane import bootstrap
 from tests.components.gitrepo import GitRepo
 from tests.components.nginx import NginxServer, start_nginx, world_readable_dir
 from tests.components.pebble import PebbleServer, start_pebble
 from tests.components.pm2 import pm2_home
-
-AGENT_BIN = Path(sys.executable).with_name("serverflow-agent")
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.components.protocol_peer import AgentProcess, register_agent
 
 
 @dataclass
@@ -55,16 +42,12 @@ class World:
     base: Path
     agent_state: Path
     pm2: Path
-    agent: subprocess.Popen[bytes] | None = None
+    agent: AgentProcess | None = None
     repos: dict[str, GitRepo] = field(default_factory=dict)
 
     def start_agent(self) -> None:
-        log = open(self.base / "agent.log", "ab")
-        self.agent = subprocess.Popen(
-            [str(AGENT_BIN), "run", "--state-dir", str(self.agent_state)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVERFLOW_")}
+        self.agent = AgentProcess(self.agent_state, env, self.base / "agent.log").start()
         wait_for(lambda: self.server()["status"] == "online", 60, "the agent online")
 
     def server(self) -> dict[str, Any]:
@@ -95,6 +78,16 @@ class World:
             timeout=5,
             follow_redirects=False,
         )
+
+    def serves_steadily(self, domain: str, seconds: float = 0.5) -> bool:
+        """200s for `seconds` in a row: right after a reload, nginx's old workers may still
+        take a connection or two with the previous configuration (the agent's own proxy
+        check waits the same way)."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self.http(domain).status_code != 200:
+                return False
+        return True
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.stack.cli(*args, check=check)
@@ -178,23 +171,7 @@ def world() -> Iterator[World]:
             stack = bootstrap(base / "data", env={"SERVERFLOW_HEARTBEAT_INTERVAL_MS": "1000"})
             made = stack.http().post("/servers", json={"name": "web-1"}).json()
             state = base / "agent"
-            subprocess.run(
-                [
-                    str(AGENT_BIN),
-                    "register",
-                    "--url",
-                    stack.url,
-                    "--token",
-                    made["install"]["token"],
-                    "--state-dir",
-                    str(state),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            config = AgentConfig.load(state)
-            config.deploy = {
+            deploy = {
                 "apps_dir": str(base / "apps"),
                 "cache_dir": str(base / "cache"),
                 "pm2_home": str(pm2),
@@ -203,14 +180,13 @@ def world() -> Iterator[World]:
                 "nginx": nginx.config_section(base / "certs"),
                 "acme": pebble.acme_section(base, base / "nginx" / "acme-webroot"),
             }
-            config.save(state)
+            register_agent(stack.url, made["install"]["token"], state, deploy=deploy)
             world = World(stack, nginx, pebble, base, state, pm2)
             world.start_agent()
             yield world
     finally:
         if world is not None and world.agent is not None:
-            world.agent.terminate()
-            world.agent.wait(timeout=30)
+            world.agent.stop()
         if stack is not None:
             stack.cp.stop()
         nginx.stop()
@@ -447,8 +423,7 @@ def test_apps_come_back_after_a_server_reboot(world: World) -> None:
     )
     assert "==> live" in world.cli("deploy", "boot", "--wait").stdout
     assert world.agent is not None
-    world.agent.terminate()
-    world.agent.wait(timeout=30)
+    world.agent.stop()
     subprocess.run(
         ["pm2", "kill"],
         env={**os.environ, "PM2_HOME": str(world.pm2)},
@@ -458,6 +433,7 @@ def test_apps_come_back_after_a_server_reboot(world: World) -> None:
     )
     assert world.http("boot.e2e.test").status_code == 502  # nginx up, the app gone
     world.start_agent()
-    wait_for(lambda: world.http("boot.e2e.test").status_code == 200, 120, "app restarted")
-    assert "v1" in world.http("boot.e2e.test").text
+    wait_for(lambda: world.serves_steadily("boot.e2e.test"), 120, "app restarted")
+    answer = world.http("boot.e2e.test")
+    assert "v1" in answer.text, f"{answer.status_code}: {answer.text[:200]}\n{world.agent.log()}"
     assert len(world.deployments("boot")) == 1  # restarted from its release, not redeployed

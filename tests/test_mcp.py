@@ -9,10 +9,7 @@ or replayed apply must leave it absent.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,22 +25,16 @@ from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from serverflow_agent.config import AgentConfig
+from tests.components import wait_for
 from tests.components.controlplane import Deployment, bootstrap, run_cli
-from tests.components.protocol_peer import agent_env, install_testkit
+from tests.components.protocol_peer import (
+    AgentProcess,
+    agent_env,
+    install_testkit,
+    register_agent,
+)
 
 INTERVAL_MS = 500
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def new_token(dep: Deployment, org: str, name: str, role: str, allow_apply: bool = False) -> str:
@@ -72,28 +63,9 @@ class RealAgent:
         self.state = work / f"{name}-state"
         self.markers = work / f"{name}-markers"
         self.markers.mkdir(parents=True)
-        binary = str(Path(sys.executable).with_name("serverflow-agent"))
         env = agent_env(site, self.markers)
-        token = self.server["install"]["token"]
-        register = [binary, "register", "--url", dep.url, "--token", token]
-        subprocess.run(
-            [*register, "--state-dir", str(self.state)],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        if deploy is not None:
-            config = AgentConfig.load(self.state)
-            dataclasses.replace(config, deploy=deploy).save(self.state)
-        self.log_path = work / f"{name}-agent.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "run", "--state-dir", str(self.state)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        register_agent(dep.url, self.server["install"]["token"], self.state, env, deploy)
+        self.process = AgentProcess(self.state, env, work / f"{name}-agent.log").start()
         wait_for(lambda: self.status() == "online", 60, f"{name} online\n{self.log()}")
 
     def status(self) -> str:
@@ -101,7 +73,7 @@ class RealAgent:
             return str(http.get(f"/servers/{self.id}").json()["status"])
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.process.log()
 
     def commands(self, action: str) -> list[dict[str, Any]]:
         with self.dep.http() as http:
@@ -109,13 +81,7 @@ class RealAgent:
         return [c for c in rows if c["action"] == action]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop()
 
 
 @dataclass

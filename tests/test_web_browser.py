@@ -15,13 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.components import REQUIRE_REAL
+from tests.components import REQUIRE_REAL, wait_for
 from tests.components.browser import (
     INSTALL_TOKEN,
     Dashboard,
     browser,  # noqa: F401 (fixture)
     start_dashboard,
-    wait_for,
 )
 
 try:

@@ -104,18 +104,23 @@ async def session_user() -> tuple[UserSession, User] | None:
     return found
 
 
+async def session_membership(sess: UserSession, user: User) -> Membership:
+    """The membership a session works in: its chosen organisation, else the user's first."""
+    async with scoped(user_id=user.id):
+        memberships = await Membership.all().order_by("created_at")
+    if not memberships:
+        raise PermissionDenied("Your account is not a member of any organisation.")
+    return next(
+        (m for m in memberships if m.organization_id == sess.current_org_id), memberships[0]
+    )
+
+
 async def _from_session() -> Principal:
     found = await session_user()
     if found is None:
         raise AuthenticationRequired()
     sess, user = found
-    async with scoped(user_id=user.id):
-        memberships = await Membership.all().order_by("created_at")
-    if not memberships:
-        raise PermissionDenied("Your account is not a member of any organisation.")
-    chosen = next(
-        (m for m in memberships if m.organization_id == sess.current_org_id), memberships[0]
-    )
+    chosen = await session_membership(sess, user)
     return Principal(
         "session", chosen.organization_id, chosen.role, user_id=user.id, label=user.email
     )

@@ -14,6 +14,7 @@ import click
 from tortoise.exceptions import BaseORMException
 
 from serverflow import __version__, db
+from serverflow.cli_remote import api_client, remote
 from serverflow.errors import ServerFlowError
 from serverflow.logs import configure_logging
 from serverflow.models import Role
@@ -312,30 +313,6 @@ def plugins_list(as_json: bool) -> None:
 
 # -- remote commands (through the REST API of a running control plane) ---------------
 
-url_option = click.option(
-    "--url", default=None, help="Control plane URL (default: SERVERFLOW_URL or this machine's)."
-)
-token_option = click.option("--token", default=None, help="API token (default: SERVERFLOW_TOKEN).")
-
-
-def _client(url: str | None, token: str | None) -> Any:
-    from serverflow.client import ApiClient
-
-    return ApiClient.from_env(url, token, _settings().base_url)
-
-
-def _remote(func: Callable[..., None]) -> Callable[..., None]:
-    """Our errors from the API become `Error: [CODE] message` and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            func(*args, **kwargs)
-        except ServerFlowError as exc:
-            raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
-
-    return url_option(token_option(wrapper))
-
 
 @main.group()
 def servers() -> None:
@@ -352,7 +329,7 @@ def servers() -> None:
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def servers_add(
     name: str,
     description: str,
@@ -362,7 +339,7 @@ def servers_add(
     token: str | None,
 ) -> None:
     """Create a server and print the one-line install command for its agent."""
-    server = _client(url, token).request(
+    server = api_client(url, token).request(
         "POST",
         "/servers",
         json={"name": name, "description": description, "security_mode": security_mode},
@@ -379,10 +356,10 @@ def servers_add(
 @servers.command("install-token")
 @click.argument("server")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def servers_install_token(server: str, as_json: bool, url: str | None, token: str | None) -> None:
     """A new one-time install command (reinstall; replaces the agent's key on use)."""
-    client = _client(url, token)
+    client = api_client(url, token)
     found = client.server(server)
     install = client.request("POST", f"/servers/{found['id']}/install-token")
     click.echo(json.dumps(install) if as_json else install["command"])
@@ -390,10 +367,10 @@ def servers_install_token(server: str, as_json: bool, url: str | None, token: st
 
 @servers.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def servers_list(as_json: bool, url: str | None, token: str | None) -> None:
     """Servers with their status."""
-    rows = _client(url, token).request("GET", "/servers")["servers"]
+    rows = api_client(url, token).request("GET", "/servers")["servers"]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -413,10 +390,10 @@ def servers_list(as_json: bool, url: str | None, token: str | None) -> None:
 @servers.command("actions")
 @click.argument("server")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def servers_actions(server: str, as_json: bool, url: str | None, token: str | None) -> None:
     """The actions a server may run, with their kinds."""
-    client = _client(url, token)
+    client = api_client(url, token)
     found = client.server(server)
     result = client.request("GET", f"/servers/{found['id']}/actions")
     if as_json:
@@ -450,7 +427,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="KEY=VALUE (VALUE parsed as JSON when it is, else a string); repeatable.",
 )
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def run_command(
     server: str,
     action: str,
@@ -460,7 +437,7 @@ def run_command(
     token: str | None,
 ) -> None:
     """Run an action on a server's agent and print its result."""
-    client = _client(url, token)
+    client = api_client(url, token)
     found = client.server(server)
     result = client.request(
         "POST", f"/servers/{found['id']}/actions/{action}", json={"params": _parse_params(pairs)}
@@ -496,7 +473,7 @@ def apps() -> None:
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP (no certificate).")
 @click.option("--runtime", default=None, help="Runtime plugin (default pm2).")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def apps_create(
     name: str,
     servers: tuple[str, ...],
@@ -530,7 +507,7 @@ def apps_create(
     for key, value in (("start", start), ("port", port), ("runtime", runtime)):
         if value is not None:
             body[key] = value
-    app = _client(url, token).request("POST", "/apps", json=body)
+    app = api_client(url, token).request("POST", "/apps", json=body)
     if as_json:
         click.echo(json.dumps(app))
     else:
@@ -552,10 +529,10 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @apps.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
     """Apps with their servers and domains."""
-    rows = _client(url, token).request("GET", "/apps")["apps"]
+    rows = api_client(url, token).request("GET", "/apps")["apps"]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -570,12 +547,12 @@ def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
 @click.argument("app")
 @click.argument("pairs", nargs=-1)
 @click.option("--unset", "unset", multiple=True, help="Variable to remove; repeatable.")
-@_remote
+@remote
 def apps_env(
     app: str, pairs: tuple[str, ...], unset: tuple[str, ...], url: str | None, token: str | None
 ) -> None:
     """Show (masked) or set environment variables: `serverflow apps env shop KEY=VALUE`."""
-    client = _client(url, token)
+    client = api_client(url, token)
     if pairs or unset:
         result = client.request(
             "PUT", f"/apps/{app}/env", json={"set": _parse_env(pairs), "unset": list(unset)}
@@ -589,10 +566,10 @@ def apps_env(
 @apps.command("delete")
 @click.argument("app")
 @click.confirmation_option(prompt="Stop the app on its servers and delete it?")
-@_remote
+@remote
 def apps_delete(app: str, url: str | None, token: str | None) -> None:
     """Stop the app everywhere and delete it."""
-    _client(url, token).request("DELETE", f"/apps/{app}")
+    api_client(url, token).request("DELETE", f"/apps/{app}")
     click.echo(f"app {app} deleted")
 
 
@@ -624,7 +601,7 @@ def _follow(client: Any, deployments: list[dict[str, Any]]) -> bool:
 @click.option("--branch", default=None, help="Deploy this branch instead of the app's.")
 @click.option("--wait", is_flag=True, help="Follow the logs; exit non-zero on failure.")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def deploy_command(
     app: str,
     commit: str | None,
@@ -635,7 +612,7 @@ def deploy_command(
     token: str | None,
 ) -> None:
     """Deploy an app (on each of its servers)."""
-    client = _client(url, token)
+    client = api_client(url, token)
     body = {k: v for k, v in (("commit", commit), ("branch", branch)) if v}
     deps = client.request("POST", f"/apps/{app}/deploy", json=body)["deployments"]
     if as_json and not wait:
@@ -653,12 +630,12 @@ def deploy_command(
 @click.argument("app")
 @click.option("--to", "release", default=None, help="Release id (default: the previous one).")
 @click.option("--wait", is_flag=True)
-@_remote
+@remote
 def rollback_command(
     app: str, release: str | None, wait: bool, url: str | None, token: str | None
 ) -> None:
     """Bring back the previous release (kept on the server, not rebuilt)."""
-    client = _client(url, token)
+    client = api_client(url, token)
     deps = client.request(
         "POST", f"/apps/{app}/rollback", json={"release": release} if release else {}
     )["deployments"]
@@ -673,10 +650,10 @@ def rollback_command(
 @main.command("deployments")
 @click.argument("app")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def deployments_command(app: str, as_json: bool, url: str | None, token: str | None) -> None:
     """An app's deployment history."""
-    rows = _client(url, token).request("GET", f"/apps/{app}/deployments")["deployments"]
+    rows = api_client(url, token).request("GET", f"/apps/{app}/deployments")["deployments"]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -692,10 +669,10 @@ def deployments_command(app: str, as_json: bool, url: str | None, token: str | N
 @main.command("logs")
 @click.argument("app")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until it ends.")
-@_remote
+@remote
 def logs_command(app: str, follow: bool, url: str | None, token: str | None) -> None:
     """The log of the app's latest deployment."""
-    client = _client(url, token)
+    client = api_client(url, token)
     rows = client.request("GET", f"/apps/{app}/deployments")["deployments"]
     if not rows:
         raise click.ClickException(f"{app} has no deployments yet")

@@ -7,41 +7,11 @@ SERVERFLOW_TOKEN); attached to the main group at the end of cli.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
-from serverflow.client import ApiClient
-from serverflow.errors import ServerFlowError
-from serverflow.settings import load_settings
-
-
-def _client(url: str | None, token: str | None) -> ApiClient:
-    try:
-        default = load_settings().base_url
-    except ServerFlowError:
-        default = "http://127.0.0.1:8000"
-    return ApiClient.from_env(url, token, default)
-
-
-def _remote(func: Callable[..., None]) -> Callable[..., None]:
-    """Our errors from the API become `Error: [CODE] message` and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            func(*args, **kwargs)
-        except ServerFlowError as exc:
-            raise click.ClickException(f"[{exc.code}] {exc.message}") from exc
-
-    wrapper = click.option("--token", default=None, help="API token (default: SERVERFLOW_TOKEN).")(
-        wrapper
-    )
-    return click.option(
-        "--url", default=None, help="Control plane URL (default: SERVERFLOW_URL or this machine's)."
-    )(wrapper)
+from serverflow.cli_remote import api_client, remote
 
 
 def _show(plan: dict[str, Any]) -> None:
@@ -73,11 +43,11 @@ def plans() -> None:
     default=None,
 )
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def plans_list(status: str | None, as_json: bool, url: str | None, token: str | None) -> None:
     """Plans, newest first."""
     query = f"?status={status}" if status else ""
-    rows = _client(url, token).request("GET", f"/plans{query}")["plans"]
+    rows = api_client(url, token).request("GET", f"/plans{query}")["plans"]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -93,10 +63,10 @@ def plans_list(status: str | None, as_json: bool, url: str | None, token: str | 
 @plans.command("show")
 @click.argument("plan_id")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def plans_show(plan_id: str, as_json: bool, url: str | None, token: str | None) -> None:
     """What a plan does, who proposed it, and how it ended."""
-    plan = _client(url, token).request("GET", f"/plans/{plan_id}")
+    plan = api_client(url, token).request("GET", f"/plans/{plan_id}")
     if as_json:
         click.echo(json.dumps(plan))
     else:
@@ -107,12 +77,12 @@ def plans_show(plan_id: str, as_json: bool, url: str | None, token: str | None) 
 @click.argument("plan_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; confirm at once.")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def plans_confirm(
     plan_id: str, yes: bool, as_json: bool, url: str | None, token: str | None
 ) -> None:
     """Confirm a plan: it runs now (once). Shows it first and asks, unless --yes."""
-    client = _client(url, token)
+    client = api_client(url, token)
     if not yes:
         plan = client.request("GET", f"/plans/{plan_id}")
         _show(plan)
@@ -133,8 +103,8 @@ def plans_confirm(
 @plans.command("reject")
 @click.argument("plan_id")
 @click.option("--json", "as_json", is_flag=True)
-@_remote
+@remote
 def plans_reject(plan_id: str, as_json: bool, url: str | None, token: str | None) -> None:
     """Reject a plan: it will never run."""
-    done = _client(url, token).request("POST", f"/plans/{plan_id}/reject")
+    done = api_client(url, token).request("POST", f"/plans/{plan_id}/reject")
     click.echo(json.dumps(done) if as_json else f"plan {done['id']} rejected: {done['summary']}")

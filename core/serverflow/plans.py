@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from serverflow import audit
+from serverflow.agents.registry import ROLE_FOR_KIND
 from serverflow.auth import Principal, actor
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import Conflict, NotFound, PermissionDenied, ServerFlowError
-from serverflow.mcp.operation import ROLE_FOR_KIND, Actor, Outcome
+from serverflow.mcp.operation import Actor, Outcome
 from serverflow.mcp.operations import OPERATIONS
 from serverflow.models import ApiToken, Organization, Plan, PlanStatus, Role
 from serverflow.tenancy import scoped

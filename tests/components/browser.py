@@ -12,17 +12,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.components import missing
 from tests.components.controlplane import Deployment, bootstrap, run_cli
+from tests.components.protocol_peer import register_agent
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -146,23 +146,7 @@ class RealAgent:
     def register(self) -> RealAgent:
         """Trade the install token for the agent's identity (writes agent.json)."""
         self.state.mkdir(parents=True, exist_ok=True)
-        registered = subprocess.run(
-            [
-                self.binary,
-                "register",
-                "--url",
-                self.url,
-                "--token",
-                self.token,
-                "--state-dir",
-                str(self.state),
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert registered.returncode == 0, registered.stdout + registered.stderr
+        register_agent(self.url, self.token, self.state, self.env)
         return self
 
     def run(self) -> RealAgent:
@@ -191,14 +175,3 @@ class RealAgent:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)

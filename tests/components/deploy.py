@@ -9,10 +9,8 @@ progress line, so tests can see what a deploy did (and did not do).
 from __future__ import annotations
 
 import random
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,17 +84,6 @@ def refused(port: int) -> bool:
     except (urllib.error.URLError, ConnectionError, OSError):
         return True
     return False
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.1)
 
 
 @dataclass

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from serverflow_agent.deploy.settings import NginxSettings
-from tests.components import free_port, missing
+from tests.components import free_port, missing, stop_process, wait_listening
 
 MAIN_CONF = """daemon off; master_process on; worker_processes 1; pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log info;
@@ -91,13 +89,7 @@ class NginxServer:
         subprocess.run(self.reload_argv, check=True, capture_output=True, timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start_nginx(directory: Path) -> NginxServer:
@@ -116,19 +108,8 @@ def start_nginx(directory: Path) -> NginxServer:
             stderr=stderr,
         )
     server = NginxServer(directory, conf, directory / "conf.d", http_port, https_port, process)
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            log = (directory / "logs" / "stderr.log").read_text(errors="replace")
-            missing("nginx", f"it exited at start: {log[-500:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", http_port), timeout=0.5):
-                return server
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                missing("nginx", f"it did not listen on {http_port} within 15 s")
-            time.sleep(0.02)
+    wait_listening("nginx", process, http_port, directory / "logs" / "stderr.log")
+    return server
 
 
 class Upstream:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.components import free_port, missing
+from tests.components import free_port, missing, stop_process, wait_listening
 
 
 @dataclass
@@ -61,13 +60,7 @@ class PebbleServer:
         }
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start_pebble(
@@ -141,13 +134,7 @@ class Resolver:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start_resolver(directory: Path, zone: str = "test") -> Resolver:
@@ -193,16 +180,5 @@ def start_resolver(directory: Path, zone: str = "test") -> Resolver:
             ["pdns_server", f"--config-dir={directory}"], stdout=log, stderr=subprocess.STDOUT
         )
     resolver = Resolver(port, process)
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            output = (directory / "pdns.log").read_text(errors="replace")
-            missing("PowerDNS", f"pdns_server exited at start: {output[-500:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return resolver
-        except OSError:
-            if time.monotonic() > deadline:
-                resolver.stop()
-                missing("PowerDNS", f"pdns_server did not listen on {port} within 15 s")
-            time.sleep(0.02)
+    wait_listening("PowerDNS", process, port, directory / "pdns.log")
+    return resolver

@@ -11,6 +11,7 @@ It is a protocol peer, not a mock: the agent under test is the real process, sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import ssl
@@ -382,6 +383,44 @@ def agent_env(site: Path | None, marker_dir: Path, **extra: str) -> dict[str, st
     env["SERVERFLOW_TEST_MARKER_DIR"] = str(marker_dir)
     env.update(extra)
     return env
+
+
+def register_agent(
+    url: str,
+    token: str,
+    state_dir: Path,
+    env: dict[str, str] | None = None,
+    deploy: dict[str, Any] | None = None,
+) -> AgentConfig:
+    """`serverflow-agent register` (as install.sh runs it), then the `deploy` section of
+    agent.json if given."""
+    registered = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serverflow_agent",
+            "register",
+            "--url",
+            url,
+            "--token",
+            token,
+            "--state-dir",
+            str(state_dir),
+        ],
+        env=env
+        if env is not None
+        else {k: v for k, v in os.environ.items() if not k.startswith("SERVERFLOW_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if registered.returncode != 0:
+        raise AssertionError(f"register failed:\n{registered.stdout}{registered.stderr}")
+    config = AgentConfig.load(state_dir)
+    if deploy is not None:
+        config = dataclasses.replace(config, deploy=deploy)
+        config.save(state_dir)
+    return config
 
 
 class AgentProcess:

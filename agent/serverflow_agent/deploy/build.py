@@ -146,20 +146,7 @@ class Builder:
             _remove(entry)
             entry.mkdir(parents=True)
             self.run([self.python, "-m", "venv", str(venv)])
-            self.run(
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--progress-bar",
-                    "off",
-                    "-r",
-                    str(self.release / "requirements.txt"),
-                ]
-            )
+            self.pip_install(venv, "-r", str(self.release / "requirements.txt"))
             (entry / COMPLETE).touch()
             self.emit("virtualenv cached for this requirements.txt")
         _remove(target)
@@ -169,19 +156,11 @@ class Builder:
         venv = self.release / ".venv"
         _remove(venv)
         self.run([self.python, "-m", "venv", str(venv)])
-        self.run(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--progress-bar",
-                "off",
-                ".",
-            ]
-        )
+        self.pip_install(venv, ".")
+
+    def pip_install(self, venv: Path, *what: str) -> None:
+        quiet = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
+        self.run([str(venv / "bin" / "python"), "-m", "pip", "install", *quiet, *what])
 
 
 def _digest(*parts: bytes) -> str:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from serverflow.models import SecurityMode, Server
+from serverflow.errors import InvalidInput, NotFound, PermissionDenied
+from serverflow.models import Role, SecurityMode, Server
+from serverflow_agent.schema import SchemaError, validate
 
 KINDS_ALLOWED: dict[SecurityMode, frozenset[str]] = {
     SecurityMode.FULL: frozenset({"read", "change", "destructive"}),
     SecurityMode.STANDARD: frozenset({"read", "change"}),
     SecurityMode.READ_ONLY: frozenset({"read"}),
+}
+
+
+# Who may run (or apply, or confirm) a command of each kind: REST API, MCP and plans alike.
+ROLE_FOR_KIND: dict[str, Role] = {
+    "read": Role.VIEWER,
+    "change": Role.MEMBER,
+    "destructive": Role.ADMIN,
 }
 
 
@@ -22,6 +32,42 @@ def allowed_actions(server: Server) -> list[dict[str, Any]]:
     return sorted(
         (a for a in server.inventory or [] if a.get("kind") in kinds), key=lambda a: a["name"]
     )
+
+
+def may_run(server: Server, action: str) -> bool:
+    spec = inventory_entry(server, action)
+    return spec is not None and spec["kind"] in KINDS_ALLOWED[SecurityMode(server.security_mode)]
+
+
+def check_action(
+    server: Server, action: str, params: dict[str, Any], role: Role | None = None
+) -> dict[str, Any]:
+    """The action's registry entry, if `server` may run it with `params` (and, given a
+    `role`, if that role may run its kind); else the error saying why."""
+    spec = inventory_entry(server, action)
+    if spec is None:
+        raise NotFound(
+            f"the agent of {server.name} has no action {action!r} (list its actions to see them)",
+            code="ACT001",
+        )
+    if spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
+        raise PermissionDenied(
+            f"{server.name} is in {server.security_mode} mode: "
+            f"{spec['kind']} actions are not allowed",
+            code="ACT002",
+        )
+    needed = ROLE_FOR_KIND[spec["kind"]]
+    if role is not None and not role.allows(needed):
+        raise PermissionDenied(f"{spec['kind']} actions need the {needed} role", code="AUTH004")
+    try:
+        validate(params, spec["params_schema"])
+    except SchemaError as exc:
+        raise InvalidInput(
+            f"invalid params for {action} on {server.name}: {exc}",
+            code="ACT003",
+            details=[{"field": exc.path, "problem": exc.problem}],
+        ) from exc
+    return spec
 
 
 def registry_body(server: Server, issued_at: int) -> dict[str, Any]:

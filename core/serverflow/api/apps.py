@@ -21,7 +21,7 @@ from serverflow import audit
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.auth import principal, requires
-from serverflow.controlplane import current
+from serverflow.controlplane import ControlPlane, current
 from serverflow.deploys.service import decrypt_env, encrypt_env, is_final
 from serverflow.deploys.webhooks import (
     WebhookError,
@@ -341,13 +341,11 @@ async def list_apps() -> AppList:
     return AppList(apps=[await _out(a) for a in await App.all().order_by("name")])
 
 
-@bp.post("/apps")
-@requires(Role.MEMBER)
-@validate_request(AppIn)
-@validate_response(AppOut, 201)
-@validate_response(ErrorOut, 409)
-async def create_app_(data: AppIn) -> tuple[AppOut, int]:
-    """Create an app on one or more servers (nothing is deployed until you deploy)."""
+async def new_app(cp: ControlPlane, data: AppIn) -> tuple[App, list[Server]]:
+    """The app `data` describes and its servers, checked, not saved yet (inside `scoped`).
+
+    POST /apps and the MCP create_app tool (which previews it first) both go through here.
+    """
     if await App.filter(name=data.name).exists():
         raise Conflict(f"an app named {data.name!r} already exists", code="APP005")
     servers = await _servers_by_ref(data.servers)
@@ -355,16 +353,32 @@ async def create_app_(data: AppIn) -> tuple[AppOut, int]:
     _apply(app, data)
     if data.runtime is None:
         _check_runtime(app.runtime)
-    cp = current()
     app.env_encrypted = encrypt_env(cp.keys.cipher, data.env)
-    app.webhook_secret_encrypted = cp.keys.cipher.encrypt(secrets.token_urlsafe(32))
     await _check_domains_free(app)
+    return app, servers
+
+
+async def save_new_app(cp: ControlPlane, app: App, servers: list[Server]) -> None:
+    """Store an app from `new_app` with its webhook secret and its placements."""
+    app.webhook_secret_encrypted = cp.keys.cipher.encrypt(secrets.token_urlsafe(32))
     try:
         await app.save()
     except IntegrityError as exc:
-        raise Conflict(f"an app named {data.name!r} already exists", code="APP005") from exc
+        raise Conflict(f"an app named {app.name!r} already exists", code="APP005") from exc
     for server in servers:
         await AppServer.create(app_id=app.id, server_id=server.id)
+
+
+@bp.post("/apps")
+@requires(Role.MEMBER)
+@validate_request(AppIn)
+@validate_response(AppOut, 201)
+@validate_response(ErrorOut, 409)
+async def create_app_(data: AppIn) -> tuple[AppOut, int]:
+    """Create an app on one or more servers (nothing is deployed until you deploy)."""
+    cp = current()
+    app, servers = await new_app(cp, data)
+    await save_new_app(cp, app, servers)
     return await _out(app), 201
 
 

@@ -11,20 +11,18 @@ from quart_schema import validate_querystring, validate_request, validate_respon
 from tortoise.exceptions import IntegrityError
 
 from serverflow.agents.install import install_command, new_install_token
-from serverflow.agents.registry import KINDS_ALLOWED, allowed_actions, inventory_entry
+from serverflow.agents.registry import allowed_actions, check_action, may_run
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.auth import principal, requires
 from serverflow.controlplane import current
-from serverflow.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from serverflow.errors import Conflict, NotFound, PermissionDenied
 from serverflow.models import Command, Event, Heartbeat, Role, SecurityMode, Server
 from serverflow.tenancy import scoped
-from serverflow_agent.schema import SchemaError, validate
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ModeName = Literal["full", "standard", "read-only"]
 # Who may run an action of each kind.
-ROLE_FOR_KIND = {"read": Role.VIEWER, "change": Role.MEMBER, "destructive": Role.ADMIN}
 
 
 class ServerIn(Input):
@@ -262,26 +260,7 @@ async def run_action(server_id: str, action: str, data: RunIn) -> CommandOut:
     caller = principal()
     async with scoped(caller.org_id):
         server = await get_server(server_id)
-    spec = inventory_entry(server, action)
-    if spec is None:
-        raise NotFound(f"the agent of {server.name} has no action {action!r}", code="ACT001")
-    if spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
-        raise PermissionDenied(
-            f"{server.name} is in {server.security_mode} mode: "
-            f"{spec['kind']} actions are not allowed",
-            code="ACT002",
-        )
-    needed = ROLE_FOR_KIND[spec["kind"]]
-    if not caller.can(needed):
-        raise PermissionDenied(f"{spec['kind']} actions need the {needed} role", code="AUTH004")
-    try:
-        validate(data.params, spec["params_schema"])
-    except SchemaError as exc:
-        raise InvalidInput(
-            f"invalid params for {action}: {exc}",
-            code="ACT003",
-            details=[{"field": exc.path, "problem": exc.problem}],
-        ) from exc
+    spec = check_action(server, action, data.params, caller.role)
     command = await current().hub.run(
         caller.org_id,
         server,
@@ -377,25 +356,12 @@ async def fan_out(action: str, data: FanOutIn) -> FanOutList:
         if server.id not in hub.sessions:
             targets.append(server)  # recorded as undelivered, like any unreachable target
             continue
-        spec = inventory_entry(server, action)
-        if spec is None or spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
-            if data.servers is not None:
-                raise PermissionDenied(f"{server.name} cannot run {action!r}", code="ACT002")
-            continue
-        try:
-            validate(data.params, spec["params_schema"])
-        except SchemaError as exc:
-            raise InvalidInput(
-                f"invalid params for {action} on {server.name}: {exc}", code="ACT003"
-            ) from exc
+        if data.servers is None and not may_run(server, action):
+            continue  # "every server that can": this one cannot
+        spec = check_action(server, action, data.params, caller.role)
         kinds.add(spec["kind"])
         timeout = max(timeout, float(spec["timeout"]) + 15)
         targets.append(server)
-    for kind in kinds:
-        if not caller.can(ROLE_FOR_KIND[kind]):
-            raise PermissionDenied(
-                f"{kind} actions need the {ROLE_FOR_KIND[kind]} role", code="AUTH004"
-            )
     kind = "destructive" if "destructive" in kinds else "change" if "change" in kinds else "read"
     outcomes = await hub.run_many(
         caller.org_id, targets, action, kind, data.params, caller.label, timeout

@@ -7,52 +7,25 @@ from typing import Any
 
 from pydantic import Field
 
-from serverflow.agents.registry import KINDS_ALLOWED, inventory_entry
+from serverflow.agents.registry import ROLE_FOR_KIND, check_action
 from serverflow.api.schemas import Input
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import InvalidInput, NotFound, PermissionDenied
 from serverflow.mcp.operation import (
-    ROLE_FOR_KIND,
     Actor,
     Outcome,
     Proposal,
     find_server,
     validated,
 )
-from serverflow.models import Command, CommandStatus, SecurityMode, Server
+from serverflow.models import Command, CommandStatus, Server
 from serverflow.tenancy import scoped
-from serverflow_agent.schema import SchemaError, validate
 
 
 class RunArgs(Input):
     server: str = Field(min_length=1, max_length=100)
     action: str = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-def check_action(server: Server, action: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The action's registry entry, if the server may run it with these parameters."""
-    spec = inventory_entry(server, action)
-    if spec is None:
-        raise NotFound(
-            f"the agent of {server.name} has no action {action!r} (list_actions shows them)",
-            code="ACT001",
-        )
-    if spec["kind"] not in KINDS_ALLOWED[SecurityMode(server.security_mode)]:
-        raise PermissionDenied(
-            f"{server.name} is in {server.security_mode} mode: "
-            f"{spec['kind']} actions are not allowed",
-            code="ACT002",
-        )
-    try:
-        validate(params, spec["params_schema"])
-    except SchemaError as exc:
-        raise InvalidInput(
-            f"invalid params for {action}: {exc}",
-            code="ACT003",
-            details=[{"field": exc.path, "problem": exc.problem}],
-        ) from exc
-    return spec
 
 
 async def run_checked(

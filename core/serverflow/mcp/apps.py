@@ -6,7 +6,6 @@ exactly one the API would have made.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from serverflow.api.apps import (
@@ -14,12 +13,12 @@ from serverflow.api.apps import (
     AppPatch,
     _apply,
     _check_domains_free,
-    _check_runtime,
     _servers_by_ref,
+    new_app,
+    save_new_app,
 )
 from serverflow.controlplane import ControlPlane
-from serverflow.deploys.service import encrypt_env
-from serverflow.errors import Conflict, InvalidInput, NotFound
+from serverflow.errors import InvalidInput, NotFound
 from serverflow.mcp.deploys import placements_of
 from serverflow.mcp.documents import apply_command, preview_document, release_view
 from serverflow.mcp.operation import Actor, Outcome, Proposal, find_app, masked, validated
@@ -45,32 +44,19 @@ def settings_of(app: App) -> dict[str, Any]:
     return {name: getattr(app, name) for name in SETTINGS}
 
 
-async def _new_app(cp: ControlPlane, data: AppIn) -> tuple[App, list[str]]:
-    """The app `data` describes, checked like POST /apps does, not saved (inside `scoped`)."""
-    if await App.filter(name=data.name).exists():
-        raise Conflict(f"an app named {data.name!r} already exists", code="APP005")
-    servers = await _servers_by_ref(data.servers)
-    app = App(name=data.name, repo_url=data.repo, webhook_secret_encrypted="")
-    _apply(app, data)
-    if data.runtime is None:
-        _check_runtime(app.runtime)
-    app.env_encrypted = encrypt_env(cp.keys.cipher, data.env)
-    await _check_domains_free(app)
-    return app, [s.name for s in servers]
-
-
 class CreateApp:
     async def propose(self, cp: ControlPlane, actor: Actor, args: dict[str, Any]) -> Proposal:
         data = validated(AppIn, {k: v for k, v in args.items() if v is not None})
         async with scoped(actor.org_id):
-            app, servers = await _new_app(cp, data)
+            app, servers = await new_app(cp, data)
         return Proposal(
             kind="change",
-            summary=f"Create app {app.name} ({app.repo_url}, {app.branch}) on {', '.join(servers)}",
+            summary=f"Create app {app.name} ({app.repo_url}, {app.branch}) on "
+            + ", ".join(s.name for s in servers),
             preview={
                 "action": "create_app",
                 "app": {"name": app.name, **settings_of(app), "env": masked(data.env)},
-                "servers": servers,
+                "servers": [s.name for s in servers],
                 "next": "Creating an app deploys nothing: deploy it with deploy_app afterwards.",
             },
             params=data.model_dump(mode="json"),
@@ -79,11 +65,8 @@ class CreateApp:
     async def execute(self, cp: ControlPlane, actor: Actor, params: dict[str, Any]) -> Outcome:
         data = AppIn.model_validate(params)
         async with scoped(actor.org_id):
-            app, _ = await _new_app(cp, data)
-            app.webhook_secret_encrypted = cp.keys.cipher.encrypt(secrets.token_urlsafe(32))
-            await app.save()
-            for server in await _servers_by_ref(data.servers):
-                await AppServer.create(app_id=app.id, server_id=server.id)
+            app, servers = await new_app(cp, data)
+            await save_new_app(cp, app, servers)
         return Outcome(True, {"app": {"id": str(app.id), "name": app.name}}, "app created")
 
 

@@ -13,12 +13,6 @@ from serverflow.errors import InvalidInput, NotFound
 from serverflow.models import App, Role, Server
 
 Kind = Literal["change", "destructive"]
-# Who may run (or apply, or confirm) a command of each kind; the same rule as the REST API.
-ROLE_FOR_KIND: dict[str, Role] = {
-    "read": Role.VIEWER,
-    "change": Role.MEMBER,
-    "destructive": Role.ADMIN,
-}
 MASK = "********"
 M = TypeVar("M", bound=BaseModel)
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 from quart import render_template
 from quart_schema import hide
 
+from serverflow.api.apps import get_app
 from serverflow.controlplane import current
 from serverflow.deploys.service import decrypt_env
 from serverflow.deploys.webhooks import hook_urls
-from serverflow.errors import NotFound
-from serverflow.models import App, AppServer, Deployment, DeploymentStatus, Role, Server
+from serverflow.models import AppServer, Deployment, DeploymentStatus, Role, Server
 from serverflow.web import bp
 from serverflow.web.viewer import Viewer, page
 
@@ -25,16 +23,6 @@ async def new_app(viewer: Viewer) -> str:
     return await render_template(
         "app_new.html", servers=servers, runtimes=runtimes, active="overview"
     )
-
-
-async def get_app(app_id: str) -> App:
-    try:
-        app = await App.get_or_none(id=uuid.UUID(app_id))
-    except ValueError:
-        app = await App.get_or_none(name=app_id)
-    if app is None:
-        raise NotFound(f"app {app_id} not found", code="APP001")
-    return app
 
 
 @bp.get("/apps/<app_id>")

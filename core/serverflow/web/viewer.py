@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from quart import g, redirect, request, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from serverflow.auth import session_user
+from serverflow.auth import session_membership, session_user
 from serverflow.errors import PermissionDenied
 from serverflow.i18n import resolve_locale
-from serverflow.models import Membership, Organization, Role, User, UserSession
+from serverflow.models import Organization, Role, User, UserSession
 from serverflow.tenancy import scoped
 
 
@@ -37,13 +37,7 @@ async def current_viewer() -> Viewer | None:
     viewer = None
     if found is not None:
         sess, user = found
-        async with scoped(user_id=user.id):
-            memberships = await Membership.all().order_by("created_at")
-        if not memberships:
-            raise PermissionDenied("Your account is not a member of any organisation.")
-        chosen = next(
-            (m for m in memberships if m.organization_id == sess.current_org_id), memberships[0]
-        )
+        chosen = await session_membership(sess, user)
         org = await Organization.get(id=chosen.organization_id)
         viewer = Viewer(user=user, session=sess, org=org, role=Role(chosen.role))
     g.sf_viewer = viewer
