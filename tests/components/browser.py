@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +19,7 @@ import pytest
 
 from tests.components import missing
 from tests.components.controlplane import Deployment, bootstrap, run_cli
-from tests.components.protocol_peer import register_agent
+from tests.components.protocol_peer import AgentProcess, register_agent
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -140,8 +137,7 @@ class RealAgent:
         self.state = state
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SERVERFLOW_")}
         self.env.update(env or {})
-        self.process: subprocess.Popen[bytes] | None = None
-        self.binary = str(Path(sys.executable).with_name("serverflow-agent"))
+        self.process = AgentProcess(state, self.env, state / "agent.log")
 
     def register(self) -> RealAgent:
         """Trade the install token for the agent's identity (writes agent.json)."""
@@ -150,28 +146,14 @@ class RealAgent:
         return self
 
     def run(self) -> RealAgent:
-        with open(self.state / "agent.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [self.binary, "run", "--state-dir", str(self.state)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process.start()
         return self
 
     def start(self) -> RealAgent:
         return self.register().run()
 
     def log(self) -> str:
-        path = self.state / "agent.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.process.log()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.process.stop()

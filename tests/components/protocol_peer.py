@@ -32,7 +32,7 @@ from serverflow_agent import protocol
 from serverflow_agent.config import AgentConfig, ensure_state_dir
 from serverflow_agent.identity import create_identity
 from serverflow_agent.state import AgentState
-from tests.components import free_port
+from tests.components import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTKIT = ROOT / "tests" / "data" / "agent_test_plugin"
@@ -487,13 +487,7 @@ class AgentProcess:
     def stop(self) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         return self.process.returncode
 
 

@@ -6,10 +6,8 @@ import json
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +20,7 @@ from serverflow_agent.runtime import Runtime as AgentRuntime
 from serverflow_runtime_pm2.control import Pm2Runtime
 from serverflow_runtime_pm2.pm2 import Pm2Error, parse_jlist
 from serverflow_runtime_pm2.pm2 import Pm2Runtime as AgentPm2
-from tests.components import free_port
+from tests.components import free_port, wait_for
 from tests.components.pm2 import pm2_home, processes, require_node_and_pm2
 
 APP = """
@@ -32,16 +30,6 @@ console.log("secret " + (process.env.AGENT_SECRET || "none") + " greeting " + pr
 console.error("to stderr");
 http.createServer((q, s) => s.end("pid " + process.pid)).listen(Number(process.env.PORT));
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -122,20 +110,20 @@ def test_start_status_logs_restart_delete(runtime: AgentPm2, tmp_path: Path) -> 
         )
     finally:
         del os.environ["AGENT_SECRET"]
-    online = eventually(
+    online = wait_for(
         lambda: [p for p in runtime.status("shop--") if p.status == "online" and p.pid],
         what="the process to be online",
     )
     assert [p.name for p in online] == ["shop--r1"]
     assert processes(runtime.home)["shop--r1"]["pid"] == online[0].pid
-    logs = eventually(lambda: len(runtime.logs("shop--r1")) >= 3 and runtime.logs("shop--r1"))
+    logs = wait_for(lambda: len(runtime.logs("shop--r1")) >= 3 and runtime.logs("shop--r1"))
     assert f"argv {json.dumps(odd, separators=(',', ':'))}" in logs
     assert "secret none greeting hi there" in logs  # no shell, no agent environment
     assert "to stderr" in logs
     assert not (tmp_path / "pwned").exists()
 
     runtime.restart("shop--r1")
-    eventually(
+    wait_for(
         lambda: [p for p in runtime.status("shop--r1") if p.pid and p.pid != online[0].pid],
         what="a new pid after restart",
     )
