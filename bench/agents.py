@@ -30,8 +30,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from serverflow_contract import protocol  # noqa: E402
+
 from bench.simagent import SimAgent  # noqa: E402
-from serverflow_agent import protocol  # noqa: E402
 from tests.components.controlplane import Deployment, bootstrap  # noqa: E402
 from tests.components.protocol_peer import register_agent  # noqa: E402
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
+from serverflow_contract import protocol
+from serverflow_contract.protocol import Frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
-
-from serverflow_agent import protocol
-from serverflow_agent.protocol import Frame
 
 ECHO_ACTION = {
     "name": "sim.echo",

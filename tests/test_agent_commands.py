@@ -15,8 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
+from serverflow_contract import protocol
 
-from serverflow_agent import protocol
 from tests.components.protocol_peer import (
     AgentProcess,
     ProtocolPeer,

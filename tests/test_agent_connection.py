@@ -14,9 +14,9 @@ from typing import Any
 
 import psutil
 import pytest
+from serverflow_contract import protocol
+from serverflow_contract.tlspin import spki_pin
 
-from serverflow_agent import protocol
-from serverflow_agent.tlspin import spki_pin
 from tests.components import missing
 from tests.components.protocol_peer import (
     PeerSession,

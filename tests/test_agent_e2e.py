@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from serverflow_contract import protocol
 
-from serverflow_agent import protocol
 from tests.components import wait_for
 from tests.components.controlplane import ControlPlaneProcess, Deployment, bootstrap
 from tests.components.tls import CertificateAuthority

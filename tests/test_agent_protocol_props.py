@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from serverflow_agent import protocol
+from serverflow_contract import protocol
 
 KEY = protocol.new_signing_key()
 PUBLIC = protocol.public_key_of(KEY)

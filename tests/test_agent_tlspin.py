@@ -10,8 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from serverflow_agent.tlspin import (
+from serverflow_contract.tlspin import (
     DerError,
     TlsPinError,
     check_pin,
@@ -19,6 +18,7 @@ from serverflow_agent.tlspin import (
     spki_der,
     spki_pin,
 )
+
 from tests.components import missing
 
 KEY_TYPES = {

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serverflow_contract import protocol
 from websockets.exceptions import ConnectionClosed
 
 from bench.simagent import SimAgent, register
-from serverflow_agent import protocol
 from tests.components import wait_for
 from tests.components.controlplane import Deployment, bootstrap
 

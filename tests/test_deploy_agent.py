@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serverflow_contract import protocol
 
-from serverflow_agent import protocol
 from tests.components.deploy import deploy_settings, document, entry, get
 from tests.components.gitrepo import GitRepo
 from tests.components.pm2 import daemon_pid, pm2_home, processes, require_node_and_pm2

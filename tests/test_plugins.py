@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pluggy
 import pytest
+from serverflow_contract import interfaces
+from serverflow_contract.pluginhost import PluginHost
 
-from serverflow import interfaces
 from serverflow.plugins import Plugins
-from serverflow_agent.pluginhost import PluginHost
 from tests.components.controlplane import ControlPlaneProcess, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def test_registry_rejects_nameless_objects() -> None:
 
     host = PluginHost("serverflow", hookspecs)
     host.register(Plugin(), "nameless")
-    from serverflow_agent.pluginhost import Registry
+    from serverflow_contract.pluginhost import Registry
 
     registry: Registry[object] = host.collect("register_runtimes", Registry("runtime"))
     assert len(registry) == 0

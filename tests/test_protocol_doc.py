@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import nacl.signing
-
-from serverflow_agent import protocol
+from serverflow_contract import protocol
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
 CP_KEY = nacl.signing.SigningKey(bytes([1]) * 32)

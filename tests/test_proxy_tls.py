@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import nacl.signing
 import pytest
+from serverflow_contract import protocol
 
-from serverflow_agent import builtin, protocol
+from serverflow_agent import builtin
 from serverflow_agent import cli as agent_cli
 from serverflow_agent.config import AgentConfig
 from serverflow_agent.deploy.settings import DeploySettings

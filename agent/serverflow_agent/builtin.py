@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from serverflow_agent.actions import ActionSpec
-from serverflow_agent.deploy import schemas
+from serverflow_contract import desired as schemas
+from serverflow_contract.actions import ActionSpec
+
 from serverflow_agent.hookspecs import hookimpl
 
 SERVICE_NAME = r"[A-Za-z0-9@._][A-Za-z0-9@._-]{0,99}"

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serverflow_agent import __version__, protocol
+from serverflow_contract import protocol
+
+from serverflow_agent import __version__
 from serverflow_agent.config import AgentConfig, ConfigError, ensure_state_dir, state_dir_from
 from serverflow_agent.plugins import AgentPlugins
 

@@ -29,11 +29,15 @@ from typing import Any, NoReturn
 
 import nacl.signing
 import psutil
+from serverflow_contract import protocol
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.protocol import ProtocolError
+from serverflow_contract.schema import SchemaError, check_schema, validate
+from serverflow_contract.tlspin import TlsPinError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from serverflow_agent import __version__, protocol
-from serverflow_agent.actions import ActionSpec
+from serverflow_agent import __version__
 from serverflow_agent.config import AgentConfig
 from serverflow_agent.executor import Executor, Outcome
 from serverflow_agent.identity import (
@@ -44,12 +48,10 @@ from serverflow_agent.identity import (
 )
 from serverflow_agent.metrics import collect
 from serverflow_agent.progress import Coalescer
-from serverflow_agent.protocol import ProtocolError
 from serverflow_agent.renewal import EVENT_KIND as RENEWAL_EVENT
 from serverflow_agent.renewal import RENEW_ACTION, Renewer
-from serverflow_agent.schema import SchemaError, check_schema, validate
 from serverflow_agent.state import AgentState, SignedRegistry
-from serverflow_agent.tlspin import TlsPinError, check_ssl_object, client_context
+from serverflow_agent.tlspin import check_ssl_object, client_context
 
 log = logging.getLogger("serverflow_agent")
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serverflow_agent import protocol
+from serverflow_contract import protocol
 
 DEFAULT_STATE_DIR = "/var/lib/serverflow-agent"
 STATE_DIR_ENV = "SERVERFLOW_AGENT_STATE_DIR"
@@ -109,7 +109,7 @@ class AgentConfig:
         ):
             raise ConfigError("control_plane_key is not a base64url Ed25519 public key")
         if self.tls_pin is not None:
-            from serverflow_agent.tlspin import parse_pin  # ssl is only needed with a pin
+            from serverflow_contract.tlspin import parse_pin  # ssl is only needed with a pin
 
             try:
                 parse_pin(self.tls_pin)

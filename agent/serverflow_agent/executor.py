@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serverflow_contract import protocol
+from serverflow_contract.actions import ActionSpec
+
 from serverflow_agent import progress as progress_lines
-from serverflow_agent import protocol
-from serverflow_agent.actions import ActionSpec
 from serverflow_agent.config import STATE_DIR_ENV
 from serverflow_agent.runner import EXIT_MEMORY
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pluggy
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.runtime import Runtime
 
-from serverflow_agent.actions import ActionSpec
 from serverflow_agent.deploy.settings import DeploySettings
-from serverflow_agent.runtime import Runtime
 
 hookspec = pluggy.HookspecMarker("serverflow_agent")
 hookimpl = pluggy.HookimplMarker("serverflow_agent")
@@ -21,4 +21,4 @@ def register_actions(register: Callable[[ActionSpec], None]) -> None:
 
 @hookspec
 def register_runtimes(register: Callable[[Runtime], None], settings: DeploySettings) -> None:
-    """Register process runtimes (serverflow_agent.runtime.Runtime) that run app releases."""
+    """Register process runtimes (serverflow_contract.runtime.Runtime) that run app releases."""

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import nacl.signing
+from serverflow_contract import protocol
 
-from serverflow_agent import protocol
 from serverflow_agent.config import fsync_dir, write_private
 
 IDENTITY_FILE = "identity.key"

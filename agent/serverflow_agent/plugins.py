@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.pluginhost import PluginHost, Registry
+
 from serverflow_agent import hookspecs
-from serverflow_agent.actions import ActionSpec
-from serverflow_agent.pluginhost import PluginHost, Registry
 
 
 class AgentPlugins:

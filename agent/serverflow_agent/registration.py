@@ -13,8 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import nacl.signing
+from serverflow_contract import protocol
+from serverflow_contract.tlspin import TlsPinError, parse_pin
 
-from serverflow_agent import __version__, protocol
+from serverflow_agent import __version__
 from serverflow_agent.config import AgentConfig, ConfigError, ensure_state_dir
 from serverflow_agent.identity import (
     IdentityError,
@@ -24,7 +26,7 @@ from serverflow_agent.identity import (
     replace_identity,
 )
 from serverflow_agent.state import AgentState
-from serverflow_agent.tlspin import TlsPinError, opener, parse_pin
+from serverflow_agent.tlspin import opener
 
 REGISTER_PATH = "/api/v1/agents/register"
 MAX_RESPONSE_BYTES = 64 * 1024

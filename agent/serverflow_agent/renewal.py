@@ -19,7 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serverflow_agent.actions import ActionSpec
+from serverflow_contract.actions import ActionSpec
+
 from serverflow_agent.executor import Executor
 
 log = logging.getLogger("serverflow_agent.renewal")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serverflow_agent import protocol
+from serverflow_contract import protocol
 
 SCHEMA_VERSION = 1
 

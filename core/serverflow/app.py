@@ -11,6 +11,7 @@ from quart import Quart
 from quart_auth import QuartAuth
 from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
+from serverflow_contract.tlspin import spki_pin
 from werkzeug.routing import Rule
 
 from serverflow import __version__, audit, db, marketplace, plans
@@ -21,7 +22,6 @@ from serverflow.keys import AppKeys
 from serverflow.mcp.endpoint import McpEndpoint
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
-from serverflow_agent.tlspin import spki_pin
 
 log = logging.getLogger(__name__)
 

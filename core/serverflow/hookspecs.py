@@ -1,7 +1,7 @@
 """Every extension point of the control plane. Plugins implement them with `hookimpl`.
 
 The `register_*` hooks hand the plugin a callback; the plugin calls it with objects that
-implement the matching interface in `serverflow.interfaces`. Agent-side extension points
+implement the matching interface in `serverflow_contract.interfaces`. Agent-side extension points
 are in `serverflow_agent.hookspecs`.
 """
 

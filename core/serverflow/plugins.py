@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Blueprint
+from serverflow_contract import interfaces
+from serverflow_contract.pluginhost import PluginHost, PluginInfo, Registry
 
-from serverflow import hookspecs, interfaces
-from serverflow_agent.pluginhost import PluginHost, PluginInfo, Registry
+from serverflow import hookspecs
 
 GROUP = "serverflow"
 

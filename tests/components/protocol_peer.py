@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+from serverflow_contract import protocol
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from serverflow_agent import protocol
 from serverflow_agent.config import AgentConfig, ensure_state_dir
 from serverflow_agent.identity import create_identity
 from serverflow_agent.state import AgentState

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from serverflow_agent import protocol
-from serverflow_agent.deploy.schemas import APP_NAME, COMMIT, RELEASE_ID
+from serverflow_contract import protocol
+from serverflow_contract.desired import APP_NAME, COMMIT, RELEASE_ID
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
 DEFAULT_KEEP_RELEASES = 5

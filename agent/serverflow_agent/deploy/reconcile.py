@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from serverflow_contract.runtime import ReleaseProcess, Runtime, RuntimeFailure
+
 from serverflow_agent import progress
 from serverflow_agent.config import state_dir_from
 from serverflow_agent.deploy import git, ports
@@ -43,7 +45,6 @@ from serverflow_agent.deploy.proxyswitch import NginxSwitch, ProxySwitch, ProxyS
 from serverflow_agent.deploy.releases import AppDir, now_ms
 from serverflow_agent.deploy.runtimes import load_runtimes
 from serverflow_agent.deploy.settings import DeploySettings
-from serverflow_agent.runtime import ReleaseProcess, Runtime, RuntimeFailure
 from serverflow_agent.state import AgentState
 
 APPLY_BUDGET_S = 1700.0  # the action's timeout is 1800 s: leave time to answer

@@ -6,10 +6,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from serverflow_contract.pluginhost import Registry
+from serverflow_contract.runtime import Runtime
+
 from serverflow_agent.deploy.settings import DeploySettings
-from serverflow_agent.pluginhost import Registry
 from serverflow_agent.plugins import AgentPlugins
-from serverflow_agent.runtime import Runtime
 
 DISABLED_ENV = "SERVERFLOW_AGENT_DISABLED_PLUGINS"
 

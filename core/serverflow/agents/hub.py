@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from serverflow_contract import protocol
+from serverflow_contract.protocol import Frame, ProtocolError
+
 from serverflow import audit, signing
 from serverflow.agents.registry import registry_body
 from serverflow.errors import AgentUnavailable
@@ -34,8 +37,6 @@ from serverflow.models import (
 )
 from serverflow.settings import Settings
 from serverflow.tenancy import scoped
-from serverflow_agent import protocol
-from serverflow_agent.protocol import Frame, ProtocolError
 
 log = logging.getLogger(__name__)
 

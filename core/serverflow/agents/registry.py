@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from serverflow_contract.schema import SchemaError, validate
+
 from serverflow.errors import InvalidInput, NotFound, PermissionDenied
 from serverflow.models import Role, SecurityMode, Server
-from serverflow_agent.schema import SchemaError, validate
 
 KINDS_ALLOWED: dict[SecurityMode, frozenset[str]] = {
     SecurityMode.FULL: frozenset({"read", "change", "destructive"}),

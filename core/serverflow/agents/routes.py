@@ -11,6 +11,7 @@ from importlib import resources
 from pydantic import Field
 from quart import Blueprint, Response, websocket
 from quart_schema import hide, validate_request
+from serverflow_contract import protocol
 
 from serverflow.agents.install import ws_url
 from serverflow.agents.wheels import agent_wheels
@@ -21,7 +22,6 @@ from serverflow.events import record
 from serverflow.models import Server
 from serverflow.tenancy import scoped
 from serverflow.tokens import INSTALL_PREFIX, hash_token, token_org
-from serverflow_agent import protocol
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from serverflow_agent import protocol
+from serverflow_contract import protocol
 
 APPLY_ACTION = "state.apply"
 RESOLVE_ACTION = "git.resolve"

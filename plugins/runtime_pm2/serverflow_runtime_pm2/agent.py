@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from serverflow_agent.actions import ActionSpec
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.runtime import Runtime
+
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.hookspecs import hookimpl
-from serverflow_agent.runtime import Runtime
 
 PROCESS_NAME = {"type": "string", "pattern": "[a-z0-9][A-Za-z0-9_.-]*", "maxLength": 160}
 PREFIX = {"type": "string", "pattern": "[a-z0-9_-]*", "maxLength": 80}

@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pluggy
-
-from serverflow.interfaces import ActionCall, Release
+from serverflow_contract.interfaces import ActionCall, Release
 
 hookimpl = pluggy.HookimplMarker("serverflow")
 

@@ -15,9 +15,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from serverflow_contract.runtime import ProcessInfo, ReleaseProcess, RuntimeFailure
+
 from serverflow_agent import spawn
 from serverflow_agent.deploy.environment import base_env
-from serverflow_agent.runtime import ProcessInfo, ReleaseProcess, RuntimeFailure
 
 PM2_TIMEOUT_S = 60.0
 MAX_LOG_LINE = 2000

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serverflow_contract.interfaces import Release, Runtime
+from serverflow_contract.runtime import ReleaseProcess
+from serverflow_contract.runtime import Runtime as AgentRuntime
 
-from serverflow.interfaces import Release, Runtime
 from serverflow_agent.deploy.runtimes import load_runtimes
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.plugins import AgentPlugins
-from serverflow_agent.runtime import ReleaseProcess
-from serverflow_agent.runtime import Runtime as AgentRuntime
 from serverflow_runtime_pm2.control import Pm2Runtime
 from serverflow_runtime_pm2.pm2 import Pm2Error, parse_jlist
 from serverflow_runtime_pm2.pm2 import Pm2Runtime as AgentPm2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from serverflow_agent.actions import ActionSpec
+from serverflow_contract.actions import ActionSpec
 from serverflow_agent.hookspecs import hookimpl
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pluggy
 
-from serverflow.interfaces import ActionCall, Release
+from serverflow_contract.interfaces import ActionCall, Release
 
 hookimpl = pluggy.HookimplMarker("serverflow")
 

@@ -23,7 +23,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from serverflow_agent.schema import SchemaError, validate
+from serverflow_contract.schema import SchemaError, validate
 
 PROTOCOL_VERSION = 1
 DOMAIN = b"serverflow/1/"

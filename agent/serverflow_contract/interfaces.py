@@ -1,7 +1,7 @@
 """The typed interfaces plugins implement. Each is registered through a hook in hookspecs.py.
 
 Control-plane objects describe and plan; the work on a server happens in agent actions
-(serverflow_agent.actions.ActionSpec) that the control plane sends as signed commands.
+(serverflow_contract.actions.ActionSpec) that the control plane sends as signed commands.
 `ActionCall` is that hand-off: the name of an agent action and its parameters.
 """
 
