@@ -30,11 +30,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serverflow_contract import protocol  # noqa: E402
-
 from bench.simagent import SimAgent  # noqa: E402
-from tests.components.controlplane import Deployment, bootstrap  # noqa: E402
-from tests.components.protocol_peer import register_agent  # noqa: E402
+from serverflow_contract import protocol  # noqa: E402
+from serverflow_testkit.controlplane import Deployment, bootstrap  # noqa: E402
+from serverflow_testkit.protocol_peer import register_agent  # noqa: E402
 
 TARGETS = {
     "connected": ("agents connected", ">= N (1,000 at full size)"),

@@ -3,11 +3,11 @@
     .venv/bin/python bench/deploy.py
 
 A real control plane, a real agent, real pm2 (no proxy: the apps have no domain, so the
-figures are the pipeline itself). Measures, for the tiny Node and Python apps of
-tests/data/apps: the first deploy with nothing cached (fresh npm cache, no dependency
-cache on the agent), a first deploy of another app whose dependencies are already cached,
-and a redeploy (new commit, unchanged lockfile). Prints each figure beside its target;
-the last line is one JSON object.
+figures are the pipeline itself). Measures, for the tiny Node and Python apps of the test
+kit (testkit/serverflow_testkit/apps): the first deploy with nothing cached (fresh npm
+cache, no dependency cache on the agent), a first deploy of another app whose dependencies
+are already cached, and a redeploy (new commit, unchanged lockfile). Prints each figure
+beside its target; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.components.controlplane import Deployment, bootstrap  # noqa: E402
-from tests.components.gitrepo import GitRepo  # noqa: E402
-from tests.components.pm2 import pm2_home  # noqa: E402
-from tests.components.protocol_peer import AgentProcess, register_agent  # noqa: E402
+from serverflow_testkit.controlplane import Deployment, bootstrap
+from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.pm2 import pm2_home
+from serverflow_testkit.protocol_peer import AgentProcess, register_agent
 
 
 def timed_deploy(dep: Deployment, app: str) -> float:

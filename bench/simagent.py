@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
-from serverflow_contract import protocol
-from serverflow_contract.protocol import Frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from serverflow_contract import protocol
+from serverflow_contract.protocol import Frame
 
 ECHO_ACTION = {
     "name": "sim.echo",

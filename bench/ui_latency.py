@@ -37,12 +37,11 @@ import nacl.signing
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serverflow_contract import protocol  # noqa: E402
-
 from bench.agents import percentile  # noqa: E402
 from bench.simagent import SimAgent, register  # noqa: E402
-from tests.components.browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD  # noqa: E402
-from tests.components.controlplane import bootstrap, run_cli  # noqa: E402
+from serverflow_contract import protocol  # noqa: E402
+from serverflow_testkit.browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD  # noqa: E402
+from serverflow_testkit.controlplane import bootstrap, run_cli  # noqa: E402
 
 TARGET_P99_MS = 100.0
 WATCH = """(id) => {

@@ -29,7 +29,8 @@ pick_python() {
 }
 
 make_venv() {
-  # make_venv EXTRA: create .venv if needed and install the three local distributions.
+  # make_venv EXTRA: create .venv if needed and install the local distributions (the
+  # agent, the PM2 plugin, the test kit, and the control plane with EXTRA).
   local python extra="${1:-}"
   python=$(pick_python)
   if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
@@ -42,5 +43,5 @@ make_venv() {
   echo ">> installing ServerFlow into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -e ./agent -e ./plugins/runtime_pm2 -e ".${extra}"
+    -e ./agent -e ./plugins/runtime_pm2 -e ./testkit -e ".${extra}"
 }

@@ -1,9 +1,13 @@
-"""Shared fixtures. Real components are started by tests/components/*."""
+"""Fixtures of this repository's own tests: an in-process control plane, tenants, data.
+
+The real components (PostgreSQL, pm2, nginx, ...) come from serverflow-testkit, the
+pytest plugin in testkit/ (`postgres` and `pg_url` included).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +22,11 @@ from serverflow.app import create_app
 from serverflow.models import Organization, Role, User
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
-from tests.components.postgres import PostgresServer, app_database, start_postgres
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> Iterator[str]:
-    with app_database(postgres) as url:
-        yield url
+# An agent plugin with test.* actions (touch, sleep, allocate, fail, echo), for
+# serverflow_testkit.protocol_peer.install_agent_plugin.
+AGENT_TEST_PLUGIN = Path(__file__).resolve().parent / "data" / "agent_test_plugin"
 
 
 @pytest.fixture

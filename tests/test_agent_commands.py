@@ -15,22 +15,23 @@ from typing import Any
 
 import psutil
 import pytest
-from serverflow_contract import protocol
 
-from tests.components.protocol_peer import (
+from serverflow_contract import protocol
+from serverflow_testkit.protocol_peer import (
     AgentProcess,
     ProtocolPeer,
     Rig,
     agent_env,
     eventually,
-    install_testkit,
+    install_agent_plugin,
     running_agent,
 )
+from tests.conftest import AGENT_TEST_PLUGIN
 
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_testkit(tmp_path_factory.getbasetemp())
+    return install_agent_plugin(AGENT_TEST_PLUGIN, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -14,25 +14,26 @@ from typing import Any
 
 import psutil
 import pytest
+
 from serverflow_contract import protocol
 from serverflow_contract.tlspin import spki_pin
-
-from tests.components import missing
-from tests.components.protocol_peer import (
+from serverflow_testkit import missing
+from serverflow_testkit.protocol_peer import (
     PeerSession,
     ProtocolPeer,
     Rig,
     eventually,
-    install_testkit,
+    install_agent_plugin,
     running_agent,
     self_signed_cert,
     server_tls,
 )
+from tests.conftest import AGENT_TEST_PLUGIN
 
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_testkit(tmp_path_factory.getbasetemp())
+    return install_agent_plugin(AGENT_TEST_PLUGIN, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from serverflow_contract import protocol
 
-from tests.components import wait_for
-from tests.components.controlplane import ControlPlaneProcess, Deployment, bootstrap
-from tests.components.tls import CertificateAuthority
+from serverflow_contract import protocol
+from serverflow_testkit import wait_for
+from serverflow_testkit.controlplane import ControlPlaneProcess, Deployment, bootstrap
+from serverflow_testkit.tls import CertificateAuthority
 
 
 class Installed:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from serverflow_contract import protocol
 
 KEY = protocol.new_signing_key()

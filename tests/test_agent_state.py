@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverflow_contract import protocol
-from serverflow_contract.tlspin import spki_pin
 
 from serverflow_agent.config import AgentConfig, ConfigError
 from serverflow_agent.identity import load_identity
 from serverflow_agent.state import AgentState
-from tests.components import free_port, missing
-from tests.components.protocol_peer import ProtocolPeer, make_state_dir, self_signed_cert
+from serverflow_contract import protocol
+from serverflow_contract.tlspin import spki_pin
+from serverflow_testkit import free_port, missing
+from serverflow_testkit.protocol_peer import ProtocolPeer, make_state_dir, self_signed_cert
 
 
 def agent_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from serverflow_contract.tlspin import (
     DerError,
     TlsPinError,
@@ -18,8 +19,7 @@ from serverflow_contract.tlspin import (
     spki_der,
     spki_pin,
 )
-
-from tests.components import missing
+from serverflow_testkit import missing
 
 KEY_TYPES = {
     "rsa": ["-newkey", "rsa:2048"],

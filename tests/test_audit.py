@@ -12,7 +12,7 @@ import pytest
 from serverflow import audit
 from serverflow.models import AuditEntry, Role
 from serverflow.tenancy import is_postgres, scoped
-from tests.components.controlplane import cli_env
+from serverflow_testkit.controlplane import cli_env
 from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant, sign_in
 
 
@@ -189,7 +189,7 @@ async def test_the_api_and_the_dashboard_read_the_log(
 
 
 def test_cli_verify_and_export(tmp_path: Path) -> None:
-    from tests.components.controlplane import run_cli
+    from serverflow_testkit.controlplane import run_cli
 
     data = tmp_path / "data"
     env = cli_env(data)
@@ -197,7 +197,7 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     token = json.loads(
         run_cli("tokens", "create", "--org", "acme", "--name", "t", "--json", env=env).stdout
     )["token"]
-    from tests.components.controlplane import ControlPlaneProcess
+    from serverflow_testkit.controlplane import ControlPlaneProcess
 
     with ControlPlaneProcess(data) as cp:
         import httpx

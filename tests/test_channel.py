@@ -16,12 +16,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serverflow_contract import protocol
 from websockets.exceptions import ConnectionClosed
 
 from bench.simagent import SimAgent, register
-from tests.components import wait_for
-from tests.components.controlplane import Deployment, bootstrap
+from serverflow_contract import protocol
+from serverflow_testkit import wait_for
+from serverflow_testkit.controlplane import Deployment, bootstrap
 
 INTERVAL_MS = 400
 

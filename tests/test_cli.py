@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.components.controlplane import ControlPlaneProcess, cli_env, run_cli
+from serverflow_testkit.controlplane import ControlPlaneProcess, cli_env, run_cli
 
 
 def _login(base: str, email: str, password: str) -> httpx.Client:

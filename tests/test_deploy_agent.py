@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverflow_contract import protocol
 
-from tests.components.deploy import deploy_settings, document, entry, get
-from tests.components.gitrepo import GitRepo
-from tests.components.pm2 import daemon_pid, pm2_home, processes, require_node_and_pm2
-from tests.components.protocol_peer import ProtocolPeer, Rig, eventually, running_agent
+from serverflow_contract import protocol
+from serverflow_testkit.deploy import deploy_settings, document, entry, get
+from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.pm2 import daemon_pid, pm2_home, processes, require_node_and_pm2
+from serverflow_testkit.protocol_peer import ProtocolPeer, Rig, eventually, running_agent
 
 DEPLOY_ACTIONS = ("state.apply", "git.resolve", "pm2.status", "pm2.logs", "pm2.restart")
 

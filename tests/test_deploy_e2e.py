@@ -24,14 +24,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.components import wait_for
-from tests.components.controlplane import Deployment as Stack
-from tests.components.controlplane import bootstrap
-from tests.components.gitrepo import GitRepo
-from tests.components.nginx import NginxServer, start_nginx, world_readable_dir
-from tests.components.pebble import PebbleServer, start_pebble
-from tests.components.pm2 import pm2_home
-from tests.components.protocol_peer import AgentProcess, register_agent
+from serverflow_testkit import wait_for
+from serverflow_testkit.controlplane import Deployment as Stack
+from serverflow_testkit.controlplane import bootstrap
+from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.nginx import NginxServer, start_nginx, world_readable_dir
+from serverflow_testkit.pebble import PebbleServer, start_pebble
+from serverflow_testkit.pm2 import pm2_home
+from serverflow_testkit.protocol_peer import AgentProcess, register_agent
 
 
 @dataclass

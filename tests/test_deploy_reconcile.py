@@ -21,10 +21,10 @@ import psutil
 import pytest
 
 from serverflow_agent.deploy.detect import DOCKERFILE_ERROR
-from tests.components import free_port, wait_for
-from tests.components.deploy import LocalDeploys, document, entry, get, refused
-from tests.components.gitrepo import GitRepo
-from tests.components.pm2 import pm2_home, processes, require_node_and_pm2
+from serverflow_testkit import free_port, wait_for
+from serverflow_testkit.deploy import LocalDeploys, document, entry, get, refused
+from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.pm2 import pm2_home, processes, require_node_and_pm2
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from serverflow import db
 from serverflow.app import create_app
 from serverflow.plugins import Plugins
-from tests.components.browser import Dashboard, chromium, start_dashboard
+from serverflow_testkit.browser import Dashboard, chromium, start_dashboard
 from tests.conftest import ControlPlaneUnderTest, Tenant, make_settings, sign_in
 
 try:
@@ -290,7 +290,7 @@ async def test_saved_choices_apply_at_start(tmp_path: Path) -> None:
         pm2 = next(p for p in listed["plugins"] if p["name"] == "runtime_pm2")
         assert pm2["status"] == "disabled" and pm2["disabled_by_config"] is False
     # `serverflow plugins list` shows the dashboard's choice too.
-    from tests.components.controlplane import cli_env, run_cli
+    from serverflow_testkit.controlplane import cli_env, run_cli
 
     listed_cli = run_cli("plugins", "list", "--json", env=cli_env(tmp_path / "data"))
     rows = {r["name"]: r for r in json.loads(listed_cli.stdout)}

@@ -25,14 +25,15 @@ from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from tests.components import wait_for
-from tests.components.controlplane import Deployment, bootstrap, run_cli
-from tests.components.protocol_peer import (
+from serverflow_testkit import wait_for
+from serverflow_testkit.controlplane import Deployment, bootstrap, run_cli
+from serverflow_testkit.protocol_peer import (
     AgentProcess,
     agent_env,
-    install_testkit,
+    install_agent_plugin,
     register_agent,
 )
+from tests.conftest import AGENT_TEST_PLUGIN
 
 INTERVAL_MS = 500
 
@@ -104,7 +105,7 @@ def assistants(dep: Deployment) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_testkit(tmp_path_factory.getbasetemp())
+    return install_agent_plugin(AGENT_TEST_PLUGIN, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

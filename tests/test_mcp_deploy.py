@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.components import missing
-from tests.components.controlplane import bootstrap
-from tests.components.deploy import deploy_settings, get
-from tests.components.gitrepo import GitRepo
-from tests.components.pm2 import pm2_home, processes, require_node_and_pm2
+from serverflow_testkit import missing
+from serverflow_testkit.controlplane import bootstrap
+from serverflow_testkit.deploy import deploy_settings, get
+from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.pm2 import pm2_home, processes, require_node_and_pm2
 from tests.test_mcp import RealAgent, call, new_token, ok, wait_for
 
 

@@ -21,7 +21,7 @@ from serverflow.logs import JsonFormatter, RedactingFilter, redact
 from serverflow.models import Role, Server
 from serverflow.settings import load_settings
 from serverflow.tenancy import scoped
-from tests.components.postgres import PostgresServer, aexecute
+from serverflow_testkit.postgres import PostgresServer, aexecute
 from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pluggy
 import pytest
-from serverflow_contract import interfaces
-from serverflow_contract.pluginhost import PluginHost
 
 from serverflow.plugins import Plugins
-from tests.components.controlplane import ControlPlaneProcess, cli_env, run_cli
+from serverflow_contract import interfaces
+from serverflow_contract.pluginhost import PluginHost
+from serverflow_testkit.controlplane import ControlPlaneProcess, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "tests" / "data" / "broken_plugins"

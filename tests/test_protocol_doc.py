@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import nacl.signing
+
 from serverflow_contract import protocol
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()

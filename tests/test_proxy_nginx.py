@@ -23,8 +23,8 @@ from websockets.sync.server import ServerConnection, serve
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.proxy import Proxy, ProxyError, Route
 from serverflow_agent.proxy.nginx import Site, Tls
-from tests.components.nginx import NginxServer, Upstream, start_nginx, world_readable_dir
-from tests.components.tls import CertificateAuthority
+from serverflow_testkit.nginx import NginxServer, Upstream, start_nginx, world_readable_dir
+from serverflow_testkit.tls import CertificateAuthority
 
 RELEASE = "x-serverflow-release"
 

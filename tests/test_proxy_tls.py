@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import nacl.signing
 import pytest
-from serverflow_contract import protocol
 
 from serverflow_agent import builtin
 from serverflow_agent import cli as agent_cli
@@ -26,8 +25,9 @@ from serverflow_agent.proxy import CertificateError, Proxy, ProxyError, Route
 from serverflow_agent.proxy.certs import leaf_der, read_certificate
 from serverflow_agent.proxy.probe import probe
 from serverflow_agent.renewal import RENEW_ACTION, Renewer
-from tests.components.nginx import NginxServer, Upstream, start_nginx, world_readable_dir
-from tests.components.pebble import PebbleServer, start_pebble, start_resolver
+from serverflow_contract import protocol
+from serverflow_testkit.nginx import NginxServer, Upstream, start_nginx, world_readable_dir
+from serverflow_testkit.pebble import PebbleServer, start_pebble, start_resolver
 
 DOMAINS = ["shop.test", "www.shop.test"]
 

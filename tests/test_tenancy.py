@@ -7,7 +7,7 @@ import pytest
 
 from serverflow.models import TENANT_MODELS, ApiToken, Membership, Role, Server
 from serverflow.tenancy import ScopeMissing, scoped
-from tests.components.postgres import afetch
+from serverflow_testkit.postgres import afetch
 from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant, sign_in
 
 

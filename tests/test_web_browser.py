@@ -15,13 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.components import REQUIRE_REAL, wait_for
-from tests.components.browser import (
-    INSTALL_TOKEN,
-    Dashboard,
-    browser,  # noqa: F401 (fixture)
-    start_dashboard,
-)
+from serverflow_testkit import REQUIRE_REAL, wait_for
+from serverflow_testkit.browser import INSTALL_TOKEN, Dashboard, start_dashboard
 
 try:
     from playwright.sync_api import Browser, Page, expect
@@ -68,8 +63,8 @@ def fleet(dash: Dashboard) -> dict[str, Any]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:  # noqa: F811
-    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
+def page(chromium_browser: Browser) -> Iterator[Page]:
+    context = chromium_browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
     context.set_default_timeout(10_000)
     page = context.new_page()
     errors: list[str] = []
@@ -265,9 +260,9 @@ def deploy_engine_or_skip(dash: Dashboard, server_id: str) -> None:
 
 
 def test_deploy_watch_logs_and_roll_back(dash: Dashboard, page: Page, tmp_path: Path) -> None:
-    from tests.components.deploy import deploy_settings
-    from tests.components.gitrepo import GitRepo
-    from tests.components.pm2 import pm2_home, require_node_and_pm2
+    from serverflow_testkit.deploy import deploy_settings
+    from serverflow_testkit.gitrepo import GitRepo
+    from serverflow_testkit.pm2 import pm2_home, require_node_and_pm2
 
     require_node_and_pm2()
     repo = GitRepo(tmp_path / "repo")

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.components import missing
-from tests.components.browser import CHROMIUM
+from serverflow_testkit import missing
+from serverflow_testkit.browser import CHROMIUM
 
 ROOT = Path(__file__).resolve().parents[1]
 

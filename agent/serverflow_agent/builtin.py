@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from serverflow_agent.hookspecs import hookimpl
 from serverflow_contract import desired as schemas
 from serverflow_contract.actions import ActionSpec
-
-from serverflow_agent.hookspecs import hookimpl
 
 SERVICE_NAME = r"[A-Za-z0-9@._][A-Za-z0-9@._-]{0,99}"
 
@@ -44,7 +43,7 @@ ACTIONS = [
         kind="read",
         handler="serverflow_agent.system:disk_usage",
         params_schema=_params(
-            {"path": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "/.*"}}
+            {"path": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/.*$"}}
         ),
         timeout=10,
         memory_limit_mb=256,
@@ -70,7 +69,7 @@ ACTIONS = [
         handler="serverflow_agent.system:service_status",
         # A name may not start with "-": it must never be read as a systemctl option.
         params_schema={
-            **_params({"name": {"type": "string", "pattern": SERVICE_NAME}}),
+            **_params({"name": {"type": "string", "pattern": f"^{SERVICE_NAME}$"}}),
             "required": ["name"],
         },
         timeout=15,

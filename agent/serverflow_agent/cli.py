@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serverflow_contract import protocol
-
 from serverflow_agent import __version__
 from serverflow_agent.config import AgentConfig, ConfigError, ensure_state_dir, state_dir_from
 from serverflow_agent.plugins import AgentPlugins
+from serverflow_contract import protocol
 
 
 def _disabled() -> list[str]:

@@ -29,11 +29,6 @@ from typing import Any, NoReturn
 
 import nacl.signing
 import psutil
-from serverflow_contract import protocol
-from serverflow_contract.actions import ActionSpec
-from serverflow_contract.protocol import ProtocolError
-from serverflow_contract.schema import SchemaError, check_schema, validate
-from serverflow_contract.tlspin import TlsPinError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -52,6 +47,11 @@ from serverflow_agent.renewal import EVENT_KIND as RENEWAL_EVENT
 from serverflow_agent.renewal import RENEW_ACTION, Renewer
 from serverflow_agent.state import AgentState, SignedRegistry
 from serverflow_agent.tlspin import check_ssl_object, client_context
+from serverflow_contract import protocol
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.protocol import ProtocolError
+from serverflow_contract.schema import SchemaError, check_schema, validate
+from serverflow_contract.tlspin import TlsPinError
 
 log = logging.getLogger("serverflow_agent")
 

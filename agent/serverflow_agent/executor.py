@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serverflow_contract import protocol
-from serverflow_contract.actions import ActionSpec
-
 from serverflow_agent import progress as progress_lines
 from serverflow_agent.config import STATE_DIR_ENV
 from serverflow_agent.runner import EXIT_MEMORY
+from serverflow_contract import protocol
+from serverflow_contract.actions import ActionSpec
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pluggy
-from serverflow_contract.actions import ActionSpec
-from serverflow_contract.runtime import Runtime
 
 from serverflow_agent.deploy.settings import DeploySettings
+from serverflow_contract.actions import ActionSpec
+from serverflow_contract.runtime import Runtime
 
 hookspec = pluggy.HookspecMarker("serverflow_agent")
 hookimpl = pluggy.HookimplMarker("serverflow_agent")

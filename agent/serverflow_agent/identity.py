@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import nacl.signing
-from serverflow_contract import protocol
 
 from serverflow_agent.config import fsync_dir, write_private
+from serverflow_contract import protocol
 
 IDENTITY_FILE = "identity.key"
 PENDING_FILE = "identity.next.key"

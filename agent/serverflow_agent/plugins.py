@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from serverflow_agent import hookspecs
 from serverflow_contract.actions import ActionSpec
 from serverflow_contract.pluginhost import PluginHost, Registry
-
-from serverflow_agent import hookspecs
 
 
 class AgentPlugins:

@@ -13,8 +13,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import nacl.signing
-from serverflow_contract import protocol
-from serverflow_contract.tlspin import TlsPinError, parse_pin
 
 from serverflow_agent import __version__
 from serverflow_agent.config import AgentConfig, ConfigError, ensure_state_dir
@@ -27,6 +25,8 @@ from serverflow_agent.identity import (
 )
 from serverflow_agent.state import AgentState
 from serverflow_agent.tlspin import opener
+from serverflow_contract import protocol
+from serverflow_contract.tlspin import TlsPinError, parse_pin
 
 REGISTER_PATH = "/api/v1/agents/register"
 MAX_RESPONSE_BYTES = 64 * 1024

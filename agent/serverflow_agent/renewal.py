@@ -19,9 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serverflow_contract.actions import ActionSpec
-
 from serverflow_agent.executor import Executor
+from serverflow_contract.actions import ActionSpec
 
 log = logging.getLogger("serverflow_agent.renewal")
 

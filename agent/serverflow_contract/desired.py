@@ -1,12 +1,35 @@
-"""Parameter schemas of the deploy actions (kept import-free: the idle agent loads them)."""
+"""Desired-state documents (docs/deploys.md): the deploy actions' parameter schemas and the
+document hash both sides compute. Light on imports: the idle agent loads it."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from typing import Any
 
-APP_NAME = r"[a-z0-9]+(?:[_-][a-z0-9]+)*"  # no "--": "<app>--" prefixes its PM2 processes
-RELEASE_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
-COMMIT = r"[0-9a-f]{40}|[0-9a-f]{64}"
+from serverflow_contract.naming import (
+    APP_NAME,
+    APP_NAME_MAX,
+    BRANCH_MAX,
+    COMMIT,
+    DOMAIN_MAX,
+    ENV_VALUE_MAX,
+    HEALTH_PATH_MAX,
+    RELEASE_ID,
+    REPO_URL_MAX,
+    RUNTIME_NAME_MAX,
+)
+from serverflow_contract.protocol import canonical
+
+APPLY_ACTION = "state.apply"
+RESOLVE_ACTION = "git.resolve"
+
+
+def document_hash(document: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the document without its `hash` member."""
+    body = {k: v for k, v in document.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
 
 _ARGV_SCHEMA = {"type": "array", "items": {"type": "string"}, "maxItems": 200}
 
@@ -16,7 +39,7 @@ STATE_APPLY: dict[str, Any] = {
     "type": "object",
     "properties": {
         "version": {"type": "integer", "minimum": 0},
-        "hash": {"type": "string", "pattern": "[0-9a-f]{64}"},
+        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "deployment": {"type": ["string", "integer", "null"], "maxLength": 100},
         "apps": {
             "type": "array",
@@ -24,29 +47,33 @@ STATE_APPLY: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "pattern": APP_NAME, "maxLength": 63},
-                    "runtime": {"type": ["string", "null"], "maxLength": 63},
-                    "repo": {"type": "string", "minLength": 1, "maxLength": 2048},
-                    "commit": {"type": "string", "pattern": COMMIT},
-                    "release": {"type": "string", "pattern": RELEASE_ID},
+                    "name": {
+                        "type": "string",
+                        "pattern": f"^{APP_NAME}$",
+                        "maxLength": APP_NAME_MAX,
+                    },
+                    "runtime": {"type": ["string", "null"], "maxLength": RUNTIME_NAME_MAX},
+                    "repo": {"type": "string", "minLength": 1, "maxLength": REPO_URL_MAX},
+                    "commit": {"type": "string", "pattern": f"^(?:{COMMIT})$"},
+                    "release": {"type": "string", "pattern": f"^{RELEASE_ID}$"},
                     "build": {"type": ["array", "null"], "maxItems": 20, "items": _ARGV_SCHEMA},
                     "start": {**_ARGV_SCHEMA, "type": ["array", "null"]},
                     "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
                     "env": {
                         "type": ["object", "null"],
-                        "additionalProperties": {"type": "string", "maxLength": 65536},
+                        "additionalProperties": {"type": "string", "maxLength": ENV_VALUE_MAX},
                     },
                     "health": {
                         "type": ["object", "null"],
                         "properties": {
-                            "path": {"type": ["string", "null"], "maxLength": 2001},
+                            "path": {"type": ["string", "null"], "maxLength": HEALTH_PATH_MAX},
                             "timeout_s": {"type": "number", "minimum": 1, "maximum": 1800},
                         },
                     },
                     "domains": {
                         "type": ["array", "null"],
                         "maxItems": 100,
-                        "items": {"type": "string", "maxLength": 253},
+                        "items": {"type": "string", "maxLength": DOMAIN_MAX},
                     },
                     "tls": {"type": ["boolean", "null"]},
                     "keep_releases": {"type": "integer", "minimum": 1, "maximum": 100},
@@ -61,8 +88,8 @@ STATE_APPLY: dict[str, Any] = {
 GIT_RESOLVE: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "repo": {"type": "string", "minLength": 1, "maxLength": 2048},
-        "branch": {"type": "string", "minLength": 1, "maxLength": 255},
+        "repo": {"type": "string", "minLength": 1, "maxLength": REPO_URL_MAX},
+        "branch": {"type": "string", "minLength": 1, "maxLength": BRANCH_MAX},
     },
     "required": ["repo", "branch"],
     "additionalProperties": False,

@@ -1,8 +1,11 @@
-"""The typed interfaces plugins implement. Each is registered through a hook in hookspecs.py.
+"""The typed interfaces control-plane plugins implement, each registered through a hook of
+serverflow/hookspecs.py, and `hookimpl`, the marker those hook implementations carry.
 
 Control-plane objects describe and plan; the work on a server happens in agent actions
 (serverflow_contract.actions.ActionSpec) that the control plane sends as signed commands.
-`ActionCall` is that hand-off: the name of an agent action and its parameters.
+`ActionCall` is that hand-off: the name of an agent action and its parameters. A plugin
+that only plans needs nothing but this module, so it installs on servers without the
+control plane.
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("serverflow")
 
 
 @dataclass(frozen=True)
@@ -20,31 +27,20 @@ class ActionCall:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Release:
-    """One release of an app on a server, as a runtime sees it."""
-
-    app: str
-    release_id: str
-    directory: str
-    start_command: Sequence[str]
-    port: int
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
 @runtime_checkable
 class Runtime(Protocol):
-    """Runs app releases on a server (PM2, Docker...)."""
+    """The control-plane side of a process runtime (PM2, Docker...).
+
+    A deploy runs releases through the same plugin's agent side (serverflow_contract.
+    runtime.Runtime, used by the agent's `state.apply`). What the control plane itself asks
+    of a runtime are agent actions that plugin registers on the agent, planned here.
+    """
 
     name: str
     description: str
 
-    def start(self, release: Release) -> ActionCall: ...
-    def stop(self, app: str, release_id: str) -> ActionCall: ...
-    def restart(self, app: str, release_id: str) -> ActionCall: ...
-    def delete(self, app: str, release_id: str) -> ActionCall: ...
-    def status(self, app: str) -> ActionCall: ...
-    def logs(self, app: str, lines: int) -> ActionCall: ...
+    def restart(self, app: str, release_id: str) -> ActionCall:
+        """The agent action that restarts one release's process in place."""
 
 
 @dataclass(frozen=True)

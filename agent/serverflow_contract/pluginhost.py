@@ -1,7 +1,10 @@
 """Entry-point plugin loading where a broken plugin is reported and disabled, never fatal.
 
 Both the control plane and the agent load their plugins through `PluginHost`; only the
-pluggy project name, the hookspec module and the entry-point group differ.
+pluggy project name, the hookspec module and the entry-point group differ. Hooks are called
+through pluggy (so its tracing and monitoring apply), one plugin at a time, so that the
+plugin whose hook raises is the one disabled. `SERVERFLOW_TRACE_PLUGINS=1` prints every
+hook call and its result to stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
@@ -104,6 +109,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+TRACE_ENV = "SERVERFLOW_TRACE_PLUGINS"
+
+
 class PluginHost:
     """A pluggy PluginManager that isolates failures plugin by plugin."""
 
@@ -111,6 +119,9 @@ class PluginHost:
         self.project = project
         self.pm = pluggy.PluginManager(project)
         self.pm.add_hookspecs(hookspecs)
+        if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+            self.pm.trace.root.setwriter(sys.stderr.write)
+            self.pm.enable_tracing()
         self.disabled = set(disabled)
         self._info: dict[str, PluginInfo] = {}
         self._shadowed: list[PluginInfo] = []  # same name as an earlier plugin: never loaded
@@ -171,9 +182,23 @@ class PluginHost:
         except Exception as exc:
             self._mark_failed(info.name, f"invalid plugin: {_describe(exc)}")
             return
-        unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if hc.spec is None]
+        callers = self.pm.get_hookcallers(plugin) or []
+        unknown = [hc.name for hc in callers if hc.spec is None]
         if unknown:
             self._mark_failed(info.name, f"implements unknown hooks: {', '.join(unknown)}")
+            return
+        # One plugin's wrapper would run inside every other plugin's call, and its failure
+        # would be blamed on them: isolation needs plain implementations.
+        wrapped = [
+            hc.name
+            for hc in callers
+            for impl in hc.get_hookimpls()
+            if impl.plugin_name == info.name and (impl.hookwrapper or impl.wrapper)
+        ]
+        if wrapped:
+            self._mark_failed(
+                info.name, f"hook wrappers are not supported ({', '.join(sorted(wrapped))})"
+            )
 
     def fail(self, name: str, error: str) -> None:
         """Disable a plugin that misbehaved after loading (e.g. its blueprint clashed)."""
@@ -191,24 +216,32 @@ class PluginHost:
 
     # -- calling -------------------------------------------------------------------
 
+    def _each(self, hook_name: str, only: str | None = None) -> Iterator[tuple[str, Any]]:
+        """(plugin, its caller) for each plugin implementing the hook, in load order.
+
+        Each caller is pluggy's own hook caller narrowed to one plugin, so a raise names
+        the plugin that raised.
+        """
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        names = [impl.plugin_name for impl in impls]
+        for name in names:
+            if only is not None and name != only:
+                continue
+            others = [self.pm.get_plugin(n) for n in names if n != name]
+            yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
     def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a hook; one that raises disables its plugin."""
-        hook = getattr(self.pm.hook, hook_name)
         results: list[tuple[str, Any]] = []
-        # pluggy calls the most recently registered first; keep load order instead.
-        for impl in hook.get_hookimpls():
-            if self.pm.get_plugin(impl.plugin_name) is None:
+        for plugin, caller in self._each(hook_name):
+            if self.pm.get_plugin(plugin) is None:  # disabled by an earlier failure
                 continue
-            if impl.hookwrapper or impl.wrapper:
-                self._mark_failed(
-                    impl.plugin_name, f"hook wrappers are not supported ({hook_name})"
-                )
-                continue
-            args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
             try:
-                results.append((impl.plugin_name, impl.function(**args)))
+                outcome = caller(**kwargs)
             except Exception as exc:
-                self._mark_failed(impl.plugin_name, f"hook {hook_name} raised {_describe(exc)}")
+                self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
+                continue
+            results.extend((plugin, value) for value in outcome)
         return results
 
     async def acall(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
@@ -224,21 +257,23 @@ class PluginHost:
             results.append((plugin, result))
         return results
 
-    def collect(self, hook_name: str, registry: Registry[T]) -> Registry[T]:
-        """Fill `registry` through a `register_*(register)` hook."""
+    def collect(
+        self, hook_name: str, registry: Registry[T], only: str | None = None, **kwargs: Any
+    ) -> Registry[T]:
+        """Fill `registry` through a `register_*(register, ...)` hook (of one plugin: `only`).
+
+        A plugin whose hook raises, or registers something invalid, is disabled and what it
+        registered is dropped from every registry.
+        """
         if registry not in self._registries:
             self._registries.append(registry)
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            plugin = impl.plugin_name
-            if self.pm.get_plugin(plugin) is None:
-                continue
+        for plugin, caller in self._each(hook_name, only):
 
             def register(obj: T, _plugin: str = plugin) -> None:
                 registry.add(obj, _plugin)
 
             try:
-                impl.function(register=register)
+                caller(register=register, **kwargs)
             except Exception as exc:
                 self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
         return registry

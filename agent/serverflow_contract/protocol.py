@@ -13,7 +13,6 @@ import base64
 import functools
 import hashlib
 import json
-import math
 import os
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 
 import nacl.exceptions
 import nacl.signing
+import rfc8785
 
 from serverflow_contract.schema import SchemaError, validate
 
@@ -72,78 +72,15 @@ class ProtocolError(Exception):
 # -- canonical JSON (RFC 8785) -------------------------------------------------------
 
 
-def _number(value: int | float) -> str:
-    if isinstance(value, bool):
-        raise ValueError("bool is not a number")
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise ValueError("integer outside the interoperable range (2^53 - 1)")
-        return str(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError("NaN and Infinity have no JSON form")
-    if value == 0:
-        return "0"
-    sign = "-" if value < 0 else ""
-    mantissa, _, exp_text = repr(abs(value)).partition("e")
-    whole, _, frac = mantissa.partition(".")
-    digits = (whole + frac).lstrip("0")
-    exponent = (int(exp_text) if exp_text else 0) - len(frac)
-    stripped = digits.rstrip("0")
-    exponent += len(digits) - len(stripped)
-    digits = stripped
-    k = len(digits)
-    n = exponent + k  # value = 0.digits * 10^n
-    if k <= n <= 21:
-        text = digits + "0" * (n - k)
-    elif 0 < n <= 21:
-        text = digits[:n] + "." + digits[n:]
-    elif -6 < n <= 0:
-        text = "0." + "0" * (-n) + digits
-    else:
-        e = n - 1
-        head = digits[0] + ("." + digits[1:] if k > 1 else "")
-        text = f"{head}e{'+' if e >= 0 else '-'}{abs(e)}"
-    return sign + text
-
-
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, int | float):
-        out.append(_number(value))
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    elif isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise ValueError("object keys must be strings")
-        out.append("{")
-        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be"))):
-            if i:
-                out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
-    else:
-        raise ValueError(f"{type(value).__name__} has no canonical JSON form")
-
-
 def canonical(value: Any) -> bytes:
-    """RFC 8785 JSON Canonicalization Scheme: sorted keys, no whitespace, ES6 numbers."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("utf-8")
+    """RFC 8785 JSON Canonicalization Scheme: sorted keys, no whitespace, ES6 numbers.
+
+    The rfc8785 package (Trail of Bits) does the encoding; it passes the vectors of
+    docs/protocol.md and RFC 8785's, and refuses with a ValueError what has no canonical
+    form: integers beyond +-(2^53 - 1), NaN and infinities, lone surrogates, non-string
+    keys, other types. Keys sort by UTF-16 code units; -0.0 is written 0.
+    """
+    return rfc8785.dumps(value)
 
 
 # -- keys and signatures --------------------------------------------------------------
@@ -240,11 +177,11 @@ def new_id() -> str:
 
 # -- frames ---------------------------------------------------------------------------
 
-_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"[A-Za-z0-9_.:-]+"}
-_KEY = {"type": "string", "minLength": 43, "maxLength": 43, "pattern": r"[A-Za-z0-9_-]+"}
-_NONCE = {"type": "string", "minLength": 16, "maxLength": 64, "pattern": r"[A-Za-z0-9_-]+"}
+_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9_.:-]+$"}
+_KEY = {"type": "string", "minLength": 43, "maxLength": 43, "pattern": r"^[A-Za-z0-9_-]+$"}
+_NONCE = {"type": "string", "minLength": 16, "maxLength": 64, "pattern": r"^[A-Za-z0-9_-]+$"}
 _TS = {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER}
-_NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"[a-z0-9][a-z0-9_.-]*"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"^[a-z0-9][a-z0-9_.-]*$"}
 _KIND = {"type": "string", "enum": ["read", "change", "destructive"]}
 
 

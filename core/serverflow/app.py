@@ -11,7 +11,6 @@ from quart import Quart
 from quart_auth import QuartAuth
 from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
-from serverflow_contract.tlspin import spki_pin
 from werkzeug.routing import Rule
 
 from serverflow import __version__, audit, db, marketplace, plans
@@ -22,6 +21,7 @@ from serverflow.keys import AppKeys
 from serverflow.mcp.endpoint import McpEndpoint
 from serverflow.plugins import Plugins
 from serverflow.settings import Settings, load_settings
+from serverflow_contract.tlspin import spki_pin
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         openapi_provider_class=ApiOnlyOpenAPI,
     )
 
-    from serverflow.agents.routes import bp as agents_bp
+    from serverflow.agent_endpoint import bp as agents_bp
     from serverflow.api import bp as api_bp
     from serverflow.health import bp as health_bp
     from serverflow.web import bp as web_bp

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from serverflow_contract import protocol
-
 from serverflow.models import AuditEntry, Organization
 from serverflow.tenancy import is_postgres, scoped
+from serverflow_contract import protocol
 
 GENESIS = "0" * 64
 REDACTED = "********"

@@ -711,9 +711,8 @@ async def keys_rotate() -> None:
 @run_async
 async def keys_list() -> None:
     """Signing keys, newest first (the current one is not retired)."""
-    from serverflow_contract.protocol import key_id
-
     from serverflow.models import SigningKey
+    from serverflow_contract.protocol import key_id
 
     async def body() -> list[SigningKey]:
         return list(await SigningKey.all().order_by("-id"))

@@ -12,10 +12,12 @@ from typing import Any
 
 import pluggy
 
+from serverflow_contract.interfaces import hookimpl
+
 hookspec = pluggy.HookspecMarker("serverflow")
-hookimpl = pluggy.HookimplMarker("serverflow")
 
 Register = Callable[[Any], None]
+__all__ = ["Register", "hookimpl", "hookspec"]
 
 
 @hookspec

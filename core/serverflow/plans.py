@@ -4,7 +4,7 @@ A *change* plan runs when the assistant applies it (its token must have `allow_a
 when a person confirms it; a *destructive* plan runs only when a person confirms it. Either
 way a plan runs at most once (the claim is one conditional UPDATE, so a replay or a race
 finds nothing to claim) and never after it expired. The operations themselves (what a
-plan previews and how it runs) live in `serverflow.mcp.operations`.
+plan previews and how it runs) live in `serverflow.operations`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from serverflow.agents.registry import ROLE_FOR_KIND
 from serverflow.auth import Principal, actor
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import Conflict, NotFound, PermissionDenied, ServerFlowError
-from serverflow.mcp.operation import Actor, Outcome
-from serverflow.mcp.operations import OPERATIONS
 from serverflow.models import ApiToken, Organization, Plan, PlanStatus, Role
+from serverflow.operations.operation import Actor, Outcome
+from serverflow.operations.registry import OPERATIONS
 from serverflow.tenancy import scoped
 
 log = logging.getLogger(__name__)

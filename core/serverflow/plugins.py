@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Blueprint
-from serverflow_contract import interfaces
-from serverflow_contract.pluginhost import PluginHost, PluginInfo, Registry
 
 from serverflow import hookspecs
+from serverflow_contract import interfaces
+from serverflow_contract.pluginhost import PluginHost, PluginInfo, Registry
 
 GROUP = "serverflow"
 
@@ -213,8 +213,8 @@ class Plugins:
         before = set(self.blueprints.names())
         if info.error is None:
             for hook, (registry, _) in REGISTRY_HOOKS.items():
-                self._register_from(info.name, hook, self.registries[registry])
-            self._register_from(info.name, "register_blueprints", self.blueprints)
+                self.host.collect(hook, self.registries[registry], only=info.name)
+            self.host.collect("register_blueprints", self.blueprints, only=info.name)
             self._note_blueprints()
         return Activation(
             info.name,
@@ -222,21 +222,3 @@ class Plugins:
             enabled=self.host.is_enabled(info.name),
             blueprints=sorted(set(self.blueprints.names()) - before),
         )
-
-    def _register_from(self, plugin: str, hook_name: str, registry: Registry[Any]) -> None:
-        """Call one plugin's `register_*` hook (the others registered theirs already)."""
-        if self.host.pm.get_plugin(plugin) is None:
-            return
-        for impl in getattr(self.host.pm.hook, hook_name).get_hookimpls():
-            if impl.plugin_name != plugin:
-                continue
-
-            def register(obj: Any) -> None:
-                registry.add(obj, plugin)
-
-            try:
-                impl.function(register=register)
-            except Exception as exc:  # noqa: BLE001
-                self.host.fail(plugin, f"hook {hook_name} raised {_describe(exc)}")
-                for each in self._all_registries():
-                    each.drop_plugin(plugin)

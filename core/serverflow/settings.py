@@ -5,15 +5,27 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from serverflow.errors import ConfigError
 
 ENV_PREFIX = "SERVERFLOW_"
+
+# The environment load_settings() was given; None: os.environ (a plain Settings()).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("serverflow_environ", default=None)
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -21,10 +33,98 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "serverflow"
 
 
-class Settings(BaseModel):
-    """Every setting of the control plane. Field names map to SERVERFLOW_<NAME>."""
+def _data_dir(environ: Mapping[str, str]) -> Path:
+    """The data directory as the environment alone gives it: where the TOML file is looked for."""
+    return Path(environ.get(ENV_PREFIX + "DATA_DIR") or default_data_dir(environ)).expanduser()
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _config_file(environ: Mapping[str, str]) -> Path:
+    """$SERVERFLOW_CONFIG (which must exist), else <data dir>/serverflow.toml (if present)."""
+    config_path = environ.get(ENV_PREFIX + "CONFIG")
+    if not config_path:
+        return _data_dir(environ) / "serverflow.toml"
+    config_file = Path(config_path).expanduser()
+    if not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    return config_file
+
+
+class _EnvSource(EnvSettingsSource):
+    """SERVERFLOW_<FIELD> variables of the given environment, exactly as spelled (upper case).
+
+    Values go to the fields' validators as the raw strings (no JSON decoding, so that
+    DISABLED_PLUGINS=a,b works); empty values count as unset; config_file is not read
+    from the environment (SERVERFLOW_CONFIG names the file instead); other SERVERFLOW_*
+    variables (SERVERFLOW_TOKEN, SERVERFLOW_URL...) are ignored.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(
+            settings_cls, case_sensitive=False, env_prefix=ENV_PREFIX, env_ignore_empty=True
+        )
+        self.env_vars = {
+            key.lower(): value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX) and key == key.upper() and value != ""
+        }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name == "config_file":
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        return value
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The TOML file if it exists, its top-level keys named like the fields; sets config_file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_file: Path) -> None:
+        self.config_file = config_file
+        self.found = config_file.is_file()
+        try:
+            super().__init__(settings_cls, toml_file=config_file)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+
+    def __call__(self) -> dict[str, Any]:
+        values = dict(super().__call__())
+        if self.found:
+            values["config_file"] = self.config_file
+        return values
+
+
+class _DataDirDefault(PydanticBaseSettingsSource):
+    """The lowest layer: data_dir's default depends on the environment ($XDG_DATA_HOME)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data_dir: Path) -> None:
+        super().__init__(settings_cls)
+        self.data_dir = data_dir
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (self.data_dir if field_name == "data_dir" else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {"data_dir": self.data_dir}
+
+
+class Settings(BaseSettings):
+    """Every setting of the control plane. Field names map to SERVERFLOW_<NAME>.
+
+    Layers, lowest priority first: the defaults here, the TOML file, SERVERFLOW_*
+    variables, then keyword arguments (load_settings(**overrides), Settings(**values)).
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        case_sensitive=True,  # TOML keys and keyword arguments: exactly the field names
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+    )
 
     data_dir: Path
     database_url: str = ""
@@ -54,6 +154,24 @@ class Settings(BaseModel):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        given = _ENVIRON.get()
+        environ: Mapping[str, str] = os.environ if given is None else given
+        return (
+            init_settings,
+            _EnvSource(settings_cls, environ),
+            _TomlSource(settings_cls, _config_file(environ)),
+            _DataDirDefault(settings_cls, _data_dir(environ)),
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -105,32 +223,17 @@ def mask_url(url: str) -> str:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from the environment (default: os.environ) and the config file."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    data_dir = Path(env.get(ENV_PREFIX + "DATA_DIR") or default_data_dir(env)).expanduser()
-    config_path = env.get(ENV_PREFIX + "CONFIG")
-    config_file = Path(config_path).expanduser() if config_path else data_dir / "serverflow.toml"
-    if config_path and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
-    if config_file.is_file():
-        try:
-            values.update(tomllib.loads(config_file.read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
-        values["config_file"] = config_file
-    for name in Settings.model_fields:
-        if name == "config_file":
-            continue
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None and raw != "":
-            values[name] = raw
-    values.setdefault("data_dir", data_dir)
-    values.update(overrides)
+    """Build settings from the environment (default: os.environ) and the config file.
+
+    Keyword overrides (the flags of `serverflow up`, tests) win over every other layer.
+    """
+    token = _ENVIRON.set(os.environ if environ is None else environ)
     try:
-        return Settings(**values)
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        _ENVIRON.reset(token)

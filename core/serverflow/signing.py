@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nacl.signing
-from serverflow_contract import protocol
 from tortoise.transactions import in_transaction
 
 from serverflow.keys import Cipher
 from serverflow.models import SigningKey
+from serverflow_contract import protocol
 
 
 @dataclass(frozen=True)

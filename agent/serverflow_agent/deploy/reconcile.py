@@ -25,8 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serverflow_contract.runtime import ReleaseProcess, Runtime, RuntimeFailure
-
 from serverflow_agent import progress
 from serverflow_agent.config import state_dir_from
 from serverflow_agent.deploy import git, ports
@@ -46,6 +44,8 @@ from serverflow_agent.deploy.releases import AppDir, now_ms
 from serverflow_agent.deploy.runtimes import load_runtimes
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.state import AgentState
+from serverflow_contract import naming
+from serverflow_contract.runtime import ReleaseProcess, Runtime, RuntimeFailure
 
 APPLY_BUDGET_S = 1700.0  # the action's timeout is 1800 s: leave time to answer
 LOCK_TIMEOUT_S = 600.0
@@ -305,7 +305,7 @@ class Reconciler:
                 port, stopped_old = self._port(spec, old, runtime)
                 env = app_env(release_dir, spec.env, port)
                 argv = _program(plan.start, release_dir, env, port)
-                process = f"{spec.name}--{spec.release}"
+                process = naming.process_name(spec.name, spec.release)
                 if process == old_process:  # the same release again (new settings)
                     process += "-b"
                 self.emit(f"starting {' '.join(argv)} on port {port}", spec.name, "start")
@@ -553,7 +553,7 @@ class Reconciler:
                 self.proxy.remove(name)
             runtime = self.runtimes.get(str(state.get("runtime")))
             if runtime is not None:
-                for info in runtime.status(f"{name}--"):
+                for info in runtime.status(naming.process_prefix(name)):
                     runtime.delete(info.name)
         except (ProxySwitchError, RuntimeFailure) as exc:
             self.emit(f"removal failed: {exc}", name, "failed")

@@ -10,15 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from serverflow_agent.proxy.errors import ProxyError
+from serverflow_contract import naming
 
-_APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 _FS_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
-SHARED_NAME = "00-serverflow"  # the shared file's stem; never an app name
+SHARED_NAME = naming.PROXY_SHARED_NAME  # the shared file's stem; never an app name
 
 
 @dataclass(frozen=True)
@@ -35,59 +34,18 @@ class Route:
     path: str = "/"
 
 
-def check_app(name: str) -> str:
-    if not isinstance(name, str) or not _APP.fullmatch(name) or name == SHARED_NAME:
-        raise ProxyError(
-            f"invalid app name {name!r}: use 1-64 letters, digits, '-' or '_', "
-            "starting with a letter or digit"
-        )
-    return name
+check_release = naming.failing_as(ProxyError, naming.check_release_id)
+check_domain = naming.failing_as(ProxyError, naming.check_domain)
+_check_domains = naming.failing_as(ProxyError, naming.check_domains)
 
 
-def check_release(release: str) -> str:
-    if not isinstance(release, str) or not _RELEASE.fullmatch(release):
-        raise ProxyError(
-            f"invalid release id {release!r}: use up to 100 letters, digits, '.', '-' or '_'"
-        )
-    return release
+check_app = naming.failing_as(ProxyError, naming.check_app_name)
 
 
-def check_domain(domain: str) -> str:
-    """A DNS host name (lower-cased); no wildcards, ports, IP literals or trailing dot."""
-    if not isinstance(domain, str):
-        raise ProxyError(f"invalid domain {domain!r}: not a string")
-    name = domain.strip().lower()
-    labels = name.split(".")
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif len(name) > 253:
-        problem = "it is longer than 253 characters"
-    elif not name.isascii():
-        problem = "write an internationalised name in its punycode (xn--) form"
-    elif len(labels) < 2:
-        problem = "it needs at least two labels (like example.com)"
-    elif not all(_LABEL.fullmatch(label) for label in labels):
-        problem = (
-            "each dot-separated label must be 1-63 letters, digits or '-' "
-            "and must not start or end with '-'"
-        )
-    elif labels[-1].isdigit():
-        problem = "an IP address is not a domain"
-    if problem:
-        raise ProxyError(f"invalid domain {domain!r}: {problem}")
-    return name
-
-
-def check_domains(domains: list[str]) -> list[str]:
-    if isinstance(domains, str) or not domains:
+def check_domains(domains: Any) -> list[str]:
+    if isinstance(domains, list | tuple) and not domains:
         raise ProxyError("a route needs at least one domain (a list of host names)")
-    checked: list[str] = []
-    for domain in domains:
-        name = check_domain(domain)
-        if name not in checked:
-            checked.append(name)
-    return checked
+    return _check_domains(domains)
 
 
 def check_path(path: str) -> str:

@@ -1,1 +1,3 @@
-"""The control plane's side of the agent channel: registration, handshake, commands."""
+"""The control plane's side of the agent channel: the hub (handshake, commands, presence),
+the action registry, install tokens and agent wheels. `serverflow.agent_endpoint` serves
+them over HTTP and WebSocket."""

@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from serverflow_contract import protocol
-from serverflow_contract.protocol import Frame, ProtocolError
-
 from serverflow import audit, signing
 from serverflow.agents.registry import registry_body
 from serverflow.errors import AgentUnavailable
@@ -37,6 +34,8 @@ from serverflow.models import (
 )
 from serverflow.settings import Settings
 from serverflow.tenancy import scoped
+from serverflow_contract import protocol
+from serverflow_contract.protocol import Frame, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import secrets
-import shlex
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -15,13 +12,22 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from quart import Response, request
 from quart_schema import hide, validate_querystring, validate_request, validate_response
-from tortoise.exceptions import IntegrityError
 
 from serverflow import audit
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
+from serverflow.apps import (
+    AppIn,
+    AppPatch,
+    apply_fields,
+    check_domains_free,
+    naming_rule,
+    new_app,
+    save_new_app,
+    servers_by_ref,
+)
 from serverflow.auth import principal, requires
-from serverflow.controlplane import ControlPlane, current
+from serverflow.controlplane import current
 from serverflow.deploys.service import decrypt_env, encrypt_env, is_final
 from serverflow.deploys.webhooks import (
     WebhookError,
@@ -29,7 +35,7 @@ from serverflow.deploys.webhooks import (
     gitlab_push,
     hook_urls,
 )
-from serverflow.errors import Conflict, InvalidInput, NotFound
+from serverflow.errors import InvalidInput, NotFound
 from serverflow.models import (
     App,
     AppServer,
@@ -39,113 +45,9 @@ from serverflow.models import (
     Server,
 )
 from serverflow.tenancy import scoped
+from serverflow_contract import naming
 
-NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
-)
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-SHELL_SYNTAX = re.compile(r"(&&|\|\||[|;<>`$]|\$\()")
 MASK = "********"
-
-
-def _argv(command: str, what: str) -> list[str]:
-    """A command line split like a shell would, but never run by one."""
-    if SHELL_SYNTAX.search(command):
-        raise ValueError(
-            f"{what} {command!r} uses shell syntax (pipes, redirects, &&, variables); "
-            "commands run without a shell: give each step as its own command"
-        )
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise ValueError(f"{what} {command!r}: {exc}") from exc
-    if not argv:
-        raise ValueError(f"{what} is empty")
-    return argv
-
-
-def _check_repo(repo: str) -> str:
-    repo = repo.strip()
-    if repo.startswith("-") or "::" in repo.split("/")[0]:
-        raise ValueError("repository must be an https://, ssh:// or git@host: URL, or a path")
-    if not re.match(r"^(https?://|ssh://|git://|file://|git@[^:]+:|/)", repo):
-        raise ValueError(
-            "repository must be an https://, ssh:// or git@host: URL, or an "
-            "absolute path on the server"
-        )
-    return repo
-
-
-class AppFields(Input):
-    repo: str | None = Field(default=None, max_length=1000)
-    branch: str | None = Field(
-        default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$"
-    )
-    build: list[str] | None = Field(
-        default=None, max_length=20, description="Build steps, each one command (no shell)."
-    )
-    start: str | None = Field(default=None, max_length=1000)
-    port: int | None = Field(default=None, ge=1, le=65535)
-    health_path: str | None = Field(default=None, pattern=r"^/[^\s]*$", max_length=255)
-    health_timeout_s: int | None = Field(default=None, ge=1, le=1800)
-    domains: list[str] | None = Field(default=None, max_length=50)
-    tls: bool | None = None
-    runtime: str | None = Field(default=None, max_length=40)
-    keep_releases: int | None = Field(default=None, ge=2, le=50)
-
-    @field_validator("repo")
-    @classmethod
-    def _repo(cls, value: str | None) -> str | None:
-        return None if value is None else _check_repo(value)
-
-    @field_validator("build")
-    @classmethod
-    def _build(cls, value: list[str] | None) -> list[str] | None:
-        for step in value or []:
-            _argv(step, "build step")
-        return value
-
-    @field_validator("start")
-    @classmethod
-    def _start(cls, value: str | None) -> str | None:
-        if value is not None:
-            _argv(value, "start command")
-        return value
-
-    @field_validator("domains")
-    @classmethod
-    def _domains(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        cleaned = [d.strip().lower().rstrip(".") for d in value]
-        for domain in cleaned:
-            if not HOSTNAME.match(domain):
-                raise ValueError(f"{domain!r} is not a valid domain name")
-        if len(set(cleaned)) != len(cleaned):
-            raise ValueError("domains must be unique")
-        return cleaned
-
-
-class AppIn(AppFields):
-    name: str = Field(pattern=NAME)
-    repo: str = Field(max_length=1000)
-    servers: list[str] = Field(min_length=1, max_length=100)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not ENV_KEY.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if len(item) > 32_768:
-                raise ValueError(f"the value of {key} is too long")
-        return value
-
-
-class AppPatch(AppFields):
-    servers: list[str] | None = Field(default=None, min_length=1, max_length=100)
 
 
 class EnvIn(Input):
@@ -155,7 +57,7 @@ class EnvIn(Input):
     @field_validator("set")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        return AppIn._env(value)
+        return naming.check_env(value)
 
 
 class AppOut(Output):
@@ -206,7 +108,12 @@ class DeploymentList(Output):
 
 class DeployIn(Input):
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
-    branch: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]+$", max_length=255)
+    branch: str | None = Field(default=None, max_length=naming.BRANCH_MAX)
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        return naming_rule(naming.check_branch, value)
 
 
 class RollbackIn(Input):
@@ -234,19 +141,6 @@ class WebhookOut(BaseModel):
     github_url: str
     gitlab_url: str
     secret: str
-
-
-async def _servers_by_ref(refs: list[str]) -> list[Server]:
-    servers = []
-    for ref in refs:
-        try:
-            server = await Server.get_or_none(id=uuid.UUID(ref))
-        except ValueError:
-            server = await Server.get_or_none(name=ref)
-        if server is None:
-            raise NotFound(f"server {ref!r} not found", code="SRV001")
-        servers.append(server)
-    return servers
 
 
 async def get_app(app_id: str) -> App:
@@ -292,81 +186,11 @@ async def _out(app: App) -> AppOut:
     )
 
 
-def _check_runtime(runtime: str) -> None:
-    runtimes = current().plugins.runtimes
-    if runtime not in runtimes:
-        known = ", ".join(runtimes.names()) or "none installed"
-        raise InvalidInput(f"unknown runtime {runtime!r} (installed: {known})", code="APP002")
-
-
-def _apply(app: App, data: AppFields) -> None:
-    if data.repo is not None:
-        app.repo_url = data.repo
-    if data.branch is not None:
-        app.branch = data.branch
-    if data.build is not None:
-        app.build_commands = [_argv(step, "build step") for step in data.build] or None
-    if data.start is not None:
-        app.start_command = _argv(data.start, "start command")
-    if data.port is not None:
-        app.port = data.port
-    if data.health_path is not None:
-        app.health_path = data.health_path
-    if data.health_timeout_s is not None:
-        app.health_timeout_s = data.health_timeout_s
-    if data.domains is not None:
-        app.domains = data.domains
-    if data.tls is not None:
-        app.tls = data.tls
-    if data.runtime is not None:
-        _check_runtime(data.runtime)
-        app.runtime = data.runtime
-    if data.keep_releases is not None:
-        app.keep_releases = data.keep_releases
-
-
-async def _check_domains_free(app: App) -> None:
-    for other in await App.exclude(id=app.id):
-        taken = set(other.domains or []) & set(app.domains or [])
-        if taken:
-            raise Conflict(
-                f"{', '.join(sorted(taken))} already used by app {other.name}", code="APP004"
-            )
-
-
 @bp.get("/apps")
 @requires(Role.VIEWER)
 @validate_response(AppList)
 async def list_apps() -> AppList:
     return AppList(apps=[await _out(a) for a in await App.all().order_by("name")])
-
-
-async def new_app(cp: ControlPlane, data: AppIn) -> tuple[App, list[Server]]:
-    """The app `data` describes and its servers, checked, not saved yet (inside `scoped`).
-
-    POST /apps and the MCP create_app tool (which previews it first) both go through here.
-    """
-    if await App.filter(name=data.name).exists():
-        raise Conflict(f"an app named {data.name!r} already exists", code="APP005")
-    servers = await _servers_by_ref(data.servers)
-    app = App(name=data.name, repo_url=data.repo, webhook_secret_encrypted="")
-    _apply(app, data)
-    if data.runtime is None:
-        _check_runtime(app.runtime)
-    app.env_encrypted = encrypt_env(cp.keys.cipher, data.env)
-    await _check_domains_free(app)
-    return app, servers
-
-
-async def save_new_app(cp: ControlPlane, app: App, servers: list[Server]) -> None:
-    """Store an app from `new_app` with its webhook secret and its placements."""
-    app.webhook_secret_encrypted = cp.keys.cipher.encrypt(secrets.token_urlsafe(32))
-    try:
-        await app.save()
-    except IntegrityError as exc:
-        raise Conflict(f"an app named {app.name!r} already exists", code="APP005") from exc
-    for server in servers:
-        await AppServer.create(app_id=app.id, server_id=server.id)
 
 
 @bp.post("/apps")
@@ -398,11 +222,11 @@ async def read_app(app_id: str) -> AppOut:
 async def update_app(app_id: str, data: AppPatch) -> AppOut:
     """Change settings; they take effect at the next deploy."""
     app = await get_app(app_id)
-    _apply(app, data)
-    await _check_domains_free(app)
+    apply_fields(app, data)
+    await check_domains_free(app)
     await app.save()
     if data.servers is not None:
-        wanted = {s.id for s in await _servers_by_ref(data.servers)}
+        wanted = {s.id for s in await servers_by_ref(data.servers)}
         placed = {p.server_id for p in await AppServer.filter(app_id=app.id)}
         for server_id in wanted - placed:
             await AppServer.create(app_id=app.id, server_id=server_id)

@@ -5,21 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from serverflow.errors import NotFound
+from serverflow.schemas import Input as Input
+from serverflow.schemas import Output as Output
 
 RoleName = Literal["viewer", "member", "admin", "owner"]
-
-
-class Input(BaseModel):
-    """Request bodies: unknown fields and type coercion are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class Output(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
 
 
 class ErrorBody(BaseModel):

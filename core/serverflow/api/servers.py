@@ -19,8 +19,9 @@ from serverflow.controlplane import current
 from serverflow.errors import Conflict, NotFound, PermissionDenied
 from serverflow.models import Command, Event, Heartbeat, Role, SecurityMode, Server
 from serverflow.tenancy import scoped
+from serverflow_contract import naming
 
-NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NAME = f"^(?:{naming.SERVER_NAME})$"
 ModeName = Literal["full", "standard", "read-only"]
 # Who may run an action of each kind.
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from serverflow_contract import protocol
+from serverflow_contract.desired import APPLY_ACTION, RESOLVE_ACTION, document_hash
 
-APPLY_ACTION = "state.apply"
-RESOLVE_ACTION = "git.resolve"
+__all__ = ["APPLY_ACTION", "RESOLVE_ACTION", "app_entry", "document", "release_id"]
 
 
 def app_entry(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
@@ -22,14 +20,8 @@ def document(version: int, deployment_id: str, entries: list[dict[str, Any]]) ->
         "deployment": deployment_id,
         "apps": sorted(entries, key=lambda e: e["name"]),
     }
-    doc["hash"] = digest(doc)
+    doc["hash"] = document_hash(doc)
     return doc
-
-
-def digest(doc: dict[str, Any]) -> str:
-    """SHA-256 of the canonical document without its own hash."""
-    body = {k: v for k, v in doc.items() if k != "hash"}
-    return hashlib.sha256(protocol.canonical(body)).hexdigest()
 
 
 def release_id(number: int, commit: str) -> str:

@@ -14,8 +14,6 @@ from serverflow.agents.registry import allowed_actions
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.service import decrypt_env
 from serverflow.errors import NotFound
-from serverflow.mcp.documents import release_view
-from serverflow.mcp.operation import as_uuid, find_app, find_server, masked
 from serverflow.models import (
     App,
     AppServer,
@@ -25,6 +23,8 @@ from serverflow.models import (
     Event,
     Server,
 )
+from serverflow.operations.documents import release_view
+from serverflow.operations.operation import as_uuid, find_app, find_server, masked
 from serverflow.tenancy import scoped
 
 MAX_LOG_LINES = 1000

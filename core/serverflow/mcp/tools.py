@@ -15,10 +15,11 @@ from pydantic import Field
 from serverflow import plans
 from serverflow.controlplane import current
 from serverflow.errors import ServerFlowError
-from serverflow.mcp import actions, reads
+from serverflow.mcp import reads
 from serverflow.mcp.caller import caller
-from serverflow.mcp.operation import Actor
 from serverflow.models import ApiToken, Plan, PlanStatus
+from serverflow.operations import actions
+from serverflow.operations.operation import Actor
 from serverflow.tenancy import scoped
 
 AppRef = Annotated[

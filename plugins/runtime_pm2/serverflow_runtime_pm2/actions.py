@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from serverflow_agent.config import state_dir_from
-from serverflow_agent.deploy.settings import DeploySettings
+from serverflow_agent.plugin_api import deploy_settings
 from serverflow_runtime_pm2.pm2 import Pm2Runtime
 
 MAX_LOG_LINES = 1000
 
 
 def _runtime() -> Pm2Runtime:
-    return Pm2Runtime(DeploySettings.load(state_dir_from(None)).pm2_home)
+    return Pm2Runtime(deploy_settings().pm2_home)
 
 
 def status(params: dict[str, Any]) -> dict[str, Any]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from serverflow_agent.plugin_api import DeploySettings, hookimpl
 from serverflow_contract.actions import ActionSpec
 from serverflow_contract.runtime import Runtime
 
-from serverflow_agent.deploy.settings import DeploySettings
-from serverflow_agent.hookspecs import hookimpl
-
-PROCESS_NAME = {"type": "string", "pattern": "[a-z0-9][A-Za-z0-9_.-]*", "maxLength": 160}
-PREFIX = {"type": "string", "pattern": "[a-z0-9_-]*", "maxLength": 80}
+PROCESS_NAME = {"type": "string", "pattern": "^[a-z0-9][A-Za-z0-9_.-]*$", "maxLength": 160}
+PREFIX = {"type": "string", "pattern": "^[a-z0-9_-]*$", "maxLength": 80}
 
 
 def _params(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each release process is described by a JSON ecosystem file (script = absolute argv[0],
 args = the rest, interpreter "none": PM2 spawns it directly, no shell) and runs with
 autorestart. The pm2 CLI gets a minimal environment, because PM2 copies the CLI's
-environment into every app it starts. Every pm2 call goes through serverflow_agent.spawn,
+environment into every app it starts. Every pm2 call goes through plugin_api.capture,
 so the PM2 daemon (which the first call starts) never inherits an action's memory limit.
 """
 
@@ -15,10 +15,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from serverflow_agent import plugin_api
 from serverflow_contract.runtime import ProcessInfo, ReleaseProcess, RuntimeFailure
-
-from serverflow_agent import spawn
-from serverflow_agent.deploy.environment import base_env
 
 PM2_TIMEOUT_S = 60.0
 MAX_LOG_LINE = 2000
@@ -84,16 +82,18 @@ class Pm2Runtime:
     # -- the pm2 binary ------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = base_env()
+        env = plugin_api.base_env()
         env["PM2_HOME"] = str(self.home)
         return env
 
     def _pm2(self, *args: str) -> str:
         try:
-            result = spawn.capture([self.binary, *args], env=self._env(), timeout=PM2_TIMEOUT_S)
-        except spawn.CommandNotFound as exc:
+            result = plugin_api.capture(
+                [self.binary, *args], env=self._env(), timeout=PM2_TIMEOUT_S
+            )
+        except plugin_api.CommandNotFound as exc:
             raise Pm2Error("pm2 is not installed on this server (npm install -g pm2)") from exc
-        except spawn.CommandTimeout as exc:
+        except plugin_api.CommandTimeout as exc:
             raise Pm2Error(f"pm2 {args[0]} did not answer within {PM2_TIMEOUT_S:g} s") from exc
         if result.returncode != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-500:]

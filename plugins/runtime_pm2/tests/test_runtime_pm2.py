@@ -6,22 +6,22 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverflow_contract.interfaces import Release, Runtime
-from serverflow_contract.runtime import ReleaseProcess
-from serverflow_contract.runtime import Runtime as AgentRuntime
 
 from serverflow_agent.deploy.runtimes import load_runtimes
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.plugins import AgentPlugins
+from serverflow_contract.interfaces import Runtime
+from serverflow_contract.runtime import ReleaseProcess
+from serverflow_contract.runtime import Runtime as AgentRuntime
+from serverflow_contract.schema import validate
 from serverflow_runtime_pm2.control import Pm2Runtime
 from serverflow_runtime_pm2.pm2 import Pm2Error, parse_jlist
 from serverflow_runtime_pm2.pm2 import Pm2Runtime as AgentPm2
-from tests.components import free_port, wait_for
-from tests.components.pm2 import pm2_home, processes, require_node_and_pm2
+from serverflow_testkit import free_port, wait_for
+from serverflow_testkit.pm2 import pm2_home, processes, require_node_and_pm2
 
 APP = """
 const http = require("http");
@@ -33,28 +33,21 @@ http.createServer((q, s) => s.end("pid " + process.pid)).listen(Number(process.e
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[AgentPm2]:
-    require_node_and_pm2()
-    with pm2_home(tmp_path) as home:
-        yield AgentPm2(home)
+def runtime(pm2_home_dir: Path) -> AgentPm2:
+    """The runtime on a private PM2_HOME (serverflow-testkit's fixture)."""
+    return AgentPm2(pm2_home_dir)
 
 
-def test_runtime_plans_agent_actions() -> None:
+def test_control_plane_plans_what_the_agent_runs() -> None:
+    """What the control-plane side plans is an action the agent side registers."""
     runtime = Pm2Runtime()
     assert isinstance(runtime, Runtime)
-    call = runtime.start(
-        Release(
-            app="shop",
-            release_id="r7",
-            directory="/srv/shop/r7",
-            start_command=["node", "server.js"],
-            port=4001,
-            env={"NODE_ENV": "production"},
-        )
-    )
-    assert call.action == "pm2.start"
-    assert call.params["name"] == "shop--r7"
-    assert runtime.status("shop").params == {"prefix": "shop--"}
+    call = runtime.restart("shop", "r7")
+    assert call.action == "pm2.restart"
+    assert call.params == {"name": "shop--r7"}
+    spec = AgentPlugins().actions.get(call.action)
+    assert spec is not None, f"the agent side registers no {call.action}"
+    validate(dict(call.params), spec.params_schema)
 
 
 def test_agent_side_registers_actions_and_runtime(tmp_path: Path) -> None:

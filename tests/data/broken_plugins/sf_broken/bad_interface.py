@@ -5,7 +5,7 @@ hookimpl = pluggy.HookimplMarker("serverflow")
 
 class NotARuntime:
     name = "half-runtime"
-    description = "has no start/stop"
+    description = "has no restart"
 
 
 @hookimpl

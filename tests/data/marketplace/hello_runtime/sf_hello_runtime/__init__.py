@@ -6,7 +6,7 @@ from typing import Any
 
 import pluggy
 
-from serverflow_contract.interfaces import ActionCall, Release
+from serverflow_contract.interfaces import ActionCall
 
 hookimpl = pluggy.HookimplMarker("serverflow")
 
@@ -15,19 +15,8 @@ class HelloRuntime:
     name = "hello"
     description = "Says hello (marketplace test plugin)."
 
-    def start(self, release: Release) -> ActionCall:
-        return ActionCall("hello.start", {"app": release.app})
-
-    def stop(self, app: str, release_id: str) -> ActionCall:
-        return ActionCall("hello.stop", {"app": app})
-
-    restart = delete = stop
-
-    def status(self, app: str) -> ActionCall:
-        return ActionCall("hello.status", {"app": app})
-
-    def logs(self, app: str, lines: int) -> ActionCall:
-        return ActionCall("hello.logs", {"app": app, "lines": lines})
+    def restart(self, app: str, release_id: str) -> ActionCall:
+        return ActionCall("hello.restart", {"app": app, "release": release_id})
 
 
 @hookimpl

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from serverflow.mcp.actions import RunAction
-from serverflow.mcp.apps import CreateApp, DeleteApp, UpdateApp
-from serverflow.mcp.deploys import DeployApp, RestartApp, RollbackApp
-from serverflow.mcp.operation import Operation
-from serverflow.mcp.servers import DeleteServer
+from serverflow.operations.actions import RunAction
+from serverflow.operations.apps import CreateApp, DeleteApp, UpdateApp
+from serverflow.operations.deploys import DeployApp, RestartApp, RollbackApp
+from serverflow.operations.operation import Operation
+from serverflow.operations.servers import DeleteServer
 
 OPERATIONS: dict[str, Operation] = {
     "create_app": CreateApp(),

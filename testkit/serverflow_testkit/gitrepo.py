@@ -13,9 +13,10 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.components import missing
+from serverflow_testkit import missing
 
-APPS = Path(__file__).resolve().parents[1] / "data" / "apps"
+# Tiny apps shipped with the kit (node, node_crash, node_unhealthy, python, static, docker).
+APPS = Path(__file__).resolve().parent / "apps"
 _ENV = {
     "GIT_AUTHOR_NAME": "ServerFlow Tests",
     "GIT_AUTHOR_EMAIL": "tests@serverflow.invalid",
@@ -63,7 +64,7 @@ class GitRepo:
         message: str = "commit",
         branch: str | None = None,
     ) -> str:
-        """Commit the files of `app` (a tests/data/apps name or a directory) with `files`
+        """Commit the files of `app` (a name in APPS or a directory) with `files`
         written over them (None deletes); returns the new commit's SHA."""
         if branch is not None and branch != self.current_branch():
             self._git("checkout", "-q", branch)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.components import missing
+from serverflow_testkit import missing
 
 
 def require_node_and_pm2() -> None:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from serverflow_agent.deploy.settings import NginxSettings
-from tests.components import free_port, missing, stop_process, wait_listening
+from serverflow_testkit import free_port, missing, stop_process, wait_listening
 
 MAIN_CONF = """daemon off; master_process on; worker_processes 1; pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log info;

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.components import free_port, missing, stop_process, wait_listening
+from serverflow_testkit import free_port, missing, stop_process, wait_listening
 
 
 @dataclass

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.components import missing
+from serverflow_testkit import missing
 
 
 @dataclass(frozen=True)

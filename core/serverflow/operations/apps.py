@@ -1,28 +1,28 @@
 """Plannable app settings: create and update (kind `change`), delete (kind `destructive`).
 
-Validation and checks are the REST API's own (`serverflow.api.apps`), so an app made here is
-exactly one the API would have made.
+Validation and checks are shared with the REST API (`serverflow.apps`), so an app made here
+is exactly one the API would have made.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from serverflow.api.apps import (
+from serverflow.apps import (
     AppIn,
     AppPatch,
-    _apply,
-    _check_domains_free,
-    _servers_by_ref,
+    apply_fields,
+    check_domains_free,
     new_app,
     save_new_app,
+    servers_by_ref,
 )
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import InvalidInput, NotFound
-from serverflow.mcp.deploys import placements_of
-from serverflow.mcp.documents import apply_command, preview_document, release_view
-from serverflow.mcp.operation import Actor, Outcome, Proposal, find_app, masked, validated
 from serverflow.models import App, AppServer
+from serverflow.operations.deploys import placements_of
+from serverflow.operations.documents import apply_command, preview_document, release_view
+from serverflow.operations.operation import Actor, Outcome, Proposal, find_app, masked, validated
 from serverflow.tenancy import scoped
 
 SETTINGS = (
@@ -80,11 +80,11 @@ class UpdateApp:
         async with scoped(actor.org_id):
             app = await find_app(ref)
             before = settings_of(app)
-            _apply(app, data)  # on this copy only: it is not saved here
-            await _check_domains_free(app)
+            apply_fields(app, data)  # on this copy only: it is not saved here
+            await check_domains_free(app)
             after = settings_of(app)
             placed = {p.server_id for p in await AppServer.filter(app_id=app.id)}
-            wanted = await _servers_by_ref(data.servers) if data.servers is not None else []
+            wanted = await servers_by_ref(data.servers) if data.servers is not None else []
         if data.servers is not None and placed - {s.id for s in wanted}:
             raise InvalidInput(
                 "removing an app from a server is not supported yet; delete and recreate the app",
@@ -121,12 +121,12 @@ class UpdateApp:
             app = await App.get_or_none(id=params["app_id"])
             if app is None:
                 raise NotFound("the app of this plan no longer exists", code="APP001")
-            _apply(app, data)
-            await _check_domains_free(app)
+            apply_fields(app, data)
+            await check_domains_free(app)
             await app.save()
             if data.servers is not None:
                 placed = {p.server_id for p in await AppServer.filter(app_id=app.id)}
-                for server in await _servers_by_ref(data.servers):
+                for server in await servers_by_ref(data.servers):
                     if server.id not in placed:
                         await AppServer.create(app_id=app.id, server_id=server.id)
         return Outcome(True, {"app": {"id": str(app.id), "name": app.name}}, "app updated")

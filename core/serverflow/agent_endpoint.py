@@ -1,4 +1,8 @@
-"""HTTP and WebSocket endpoints agents use: install script, wheels, registration, channel."""
+"""HTTP and WebSocket endpoints agents use: install script, wheels, registration, channel.
+
+A surface like `api/` and `mcp/`: it reaches the hub through the control plane, so
+`serverflow.agents` (the hub and what it needs) never imports the control plane.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from importlib import resources
 from pydantic import Field
 from quart import Blueprint, Response, websocket
 from quart_schema import hide, validate_request
-from serverflow_contract import protocol
 
 from serverflow.agents.install import ws_url
 from serverflow.agents.wheels import agent_wheels
@@ -22,6 +25,7 @@ from serverflow.events import record
 from serverflow.models import Server
 from serverflow.tenancy import scoped
 from serverflow.tokens import INSTALL_PREFIX, hash_token, token_org
+from serverflow_contract import protocol
 
 log = logging.getLogger(__name__)
 

@@ -8,22 +8,10 @@ from typing import Any
 from pydantic import Field
 
 from serverflow.agents.registry import KINDS_ALLOWED, inventory_entry
-from serverflow.api.schemas import Input
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.desired import APPLY_ACTION, RESOLVE_ACTION, app_entry, release_id
 from serverflow.deploys.service import Deployer, decrypt_env
 from serverflow.errors import AgentUnavailable, Conflict, InvalidInput, NotFound
-from serverflow.mcp.actions import run_checked
-from serverflow.mcp.documents import apply_command, preview_document, release_view
-from serverflow.mcp.operation import (
-    Actor,
-    Kind,
-    Outcome,
-    Proposal,
-    find_app,
-    masked,
-    validated,
-)
 from serverflow.models import (
     App,
     AppServer,
@@ -32,6 +20,18 @@ from serverflow.models import (
     SecurityMode,
     Server,
 )
+from serverflow.operations.actions import run_checked
+from serverflow.operations.documents import apply_command, preview_document, release_view
+from serverflow.operations.operation import (
+    Actor,
+    Kind,
+    Outcome,
+    Proposal,
+    find_app,
+    masked,
+    validated,
+)
+from serverflow.schemas import Input
 from serverflow.tenancy import scoped
 
 RESOLVE_TIMEOUT_S = 30.0

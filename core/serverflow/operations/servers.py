@@ -6,8 +6,8 @@ from typing import Any
 
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import InvalidInput, NotFound
-from serverflow.mcp.operation import Actor, Outcome, Proposal, find_server
 from serverflow.models import App, AppServer, Server
+from serverflow.operations.operation import Actor, Outcome, Proposal, find_server
 from serverflow.tenancy import scoped
 
 

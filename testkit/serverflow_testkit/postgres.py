@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from tests.components import free_port, missing
+from serverflow_testkit import free_port, missing
 
 DEFAULT_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

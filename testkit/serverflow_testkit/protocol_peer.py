@@ -25,17 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
-from serverflow_contract import protocol
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from serverflow_agent.config import AgentConfig, ensure_state_dir
 from serverflow_agent.identity import create_identity
 from serverflow_agent.state import AgentState
-from tests.components import free_port, stop_process
+from serverflow_contract import protocol
+from serverflow_testkit import free_port, stop_process
 
-ROOT = Path(__file__).resolve().parents[2]
-TESTKIT = ROOT / "tests" / "data" / "agent_test_plugin"
 DEFAULT_ACTIONS = (
     "test.touch",
     "test.sleep",
@@ -350,10 +348,11 @@ def make_state_dir(state_dir: Path, peer: ProtocolPeer, **config: Any) -> nacl.s
     return key
 
 
-def install_testkit(base: Path) -> Path:
-    """pip-install tests/data/agent_test_plugin into a directory for PYTHONPATH (once)."""
-    site = base / "agent-testkit-site"
-    if not (site / "sf_agent_testkit").exists():
+def install_agent_plugin(source: Path, base: Path) -> Path:
+    """pip-install the agent plugin at `source` into a directory for PYTHONPATH (once)."""
+    site = base / f"agent-plugin-{source.name}"
+    installed = site / ".serverflow-testkit-installed"
+    if not installed.exists():
         subprocess.run(
             [
                 sys.executable,
@@ -366,13 +365,14 @@ def install_testkit(base: Path) -> Path:
                 "--no-build-isolation",
                 "--target",
                 str(site),
-                str(TESTKIT),
+                str(source),
             ],
             check=True,
             capture_output=True,
             text=True,
             timeout=300,
         )
+        installed.touch()
     return site
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.components import free_port
+from serverflow_testkit import free_port
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
-from tests.components import missing
-from tests.components.controlplane import Deployment, bootstrap, run_cli
-from tests.components.protocol_peer import AgentProcess, register_agent
+from serverflow_testkit import missing
+from serverflow_testkit.controlplane import Deployment, bootstrap, run_cli
+from serverflow_testkit.protocol_peer import AgentProcess, register_agent
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -47,7 +46,9 @@ def chromium(home: Path) -> Iterator[Browser]:
     if not CHROMIUM.exists():
         missing("chromium", f"{CHROMIUM} not found (apt-get install chromium)")
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env: dict[str, str | float | bool] = {
+        k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")
+    }
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
     with sync_playwright() as playwright:
         try:
@@ -61,12 +62,6 @@ def chromium(home: Path) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with chromium(tmp_path_factory.mktemp("chromium-home")) as found:
-        yield found
 
 
 # -- the control plane and its users --------------------------------------------------

@@ -13,8 +13,8 @@ from typing import Any
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.desired import APPLY_ACTION, app_entry, document
 from serverflow.deploys.service import decrypt_env
-from serverflow.mcp.operation import masked
 from serverflow.models import AppServer, Deployment, Server, ServerState
+from serverflow.operations.operation import masked
 from serverflow.tenancy import scoped
 
 NOT_YET = "(assigned when the plan runs)"

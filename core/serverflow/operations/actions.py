@@ -8,17 +8,17 @@ from typing import Any
 from pydantic import Field
 
 from serverflow.agents.registry import ROLE_FOR_KIND, check_action
-from serverflow.api.schemas import Input
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import InvalidInput, NotFound, PermissionDenied
-from serverflow.mcp.operation import (
+from serverflow.models import Command, CommandStatus, Server
+from serverflow.operations.operation import (
     Actor,
     Outcome,
     Proposal,
     find_server,
     validated,
 )
-from serverflow.models import Command, CommandStatus, Server
+from serverflow.schemas import Input
 from serverflow.tenancy import scoped
 
 
