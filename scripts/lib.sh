@@ -29,9 +29,11 @@ pick_python() {
 }
 
 make_venv() {
-  # make_venv EXTRA: create .venv if needed and install the local distributions (the
-  # agent, the PM2 plugin, the test kit, and the control plane with EXTRA).
+  # make_venv EXTRA [DIR...]: create .venv if needed and install the agent, every plugin
+  # folder (plugins/*/ and plugins/providers/*/ with a pyproject.toml), the control plane
+  # with EXTRA, and the other local distributions DIR (editable).
   local python extra="${1:-}"
+  shift || true
   python=$(pick_python)
   if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     apt_install python3-venv
@@ -40,8 +42,11 @@ make_venv() {
     echo ">> creating .venv with $python"
     "$python" -m venv .venv
   fi
+  local dists=(-e ./agent)
+  for dir in plugins/*/ plugins/providers/*/ "$@"; do
+    if [ -f "$dir/pyproject.toml" ]; then dists+=(-e "./${dir#./}"); fi
+  done
   echo ">> installing ServerFlow into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -e ./agent -e ./plugins/runtime_pm2 -e ./testkit -e ".${extra}"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${dists[@]}" -e ".${extra}"
 }

@@ -33,8 +33,20 @@ def _normalize(name: str) -> str:
 
 
 def _top_packages(dist: metadata.Distribution) -> list[str]:
+    """The import packages a distribution installs (serverflow-agent has two: the agent and
+    the contract): from its file list, or for an editable install from the folders its
+    .pth file puts on sys.path; plus the packages its entry points name."""
     names = {_normalize(dist.metadata["Name"])}
     names.update(ep.value.split(":")[0].split(".")[0] for ep in dist.entry_points)
+    for file in dist.files or []:
+        if len(file.parts) == 2 and file.parts[1] == "__init__.py":
+            names.add(file.parts[0])
+        elif len(file.parts) == 1 and file.suffix == ".pth":
+            for line in Path(str(file.locate())).read_text().splitlines():
+                folder = Path(line.strip())
+                if line.strip() and not line.startswith(("#", "import")) and folder.is_dir():
+                    names.update(init.parent.name for init in folder.glob("*/__init__.py"))
+    names.discard("tests")
     found = []
     for name in sorted(names):
         spec = importlib.util.find_spec(name)
