@@ -177,3 +177,51 @@ def test_core_importing_the_agent_is_named(tmp_path: Path) -> None:
         "core/serverflow/bad.py:1: serverflow may not import serverflow_agent.config",
         "agent/serverflow_contract/leak.py:2: serverflow_contract may not import serverflow.models",
     ]
+
+
+def undeclared_imports(plugin: Plugin) -> list[str]:
+    """Imports of a plugin's packages that no dependency in its pyproject.toml provides."""
+    import importlib.metadata
+    import re
+    import sys
+
+    project = tomllib.loads((plugin.root / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[\s<>=!~\[;(]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        for dep in project.get("dependencies", [])
+    }
+    from serverflow.agents.wheels import top_packages
+
+    providers = {k: set(v) for k, v in importlib.metadata.packages_distributions().items()}
+    for dist in importlib.metadata.distributions():  # editable installs list no files
+        for name in top_packages(dist):
+            providers.setdefault(name, set()).add(dist.metadata["Name"])
+    problems = []
+    for package in plugin.packages.values():
+        for path in sources(package):
+            for line, module, _ in imports(path):
+                name = top(module)
+                if (
+                    name in sys.stdlib_module_names
+                    or name in plugin.packages
+                    or name == "__future__"
+                ):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(name, {name})}
+                if not dists & declared:
+                    problems.append(f"{path.relative_to(plugin.root)}:{line}: {module} ({dists})")
+    return problems
+
+
+def test_each_plugin_declares_what_it_imports() -> None:
+    plugins = find_plugins(ROOT / "plugins")
+    assert plugins
+    assert {str(p.root.name): undeclared_imports(p) for p in plugins} == {
+        str(p.root.name): [] for p in plugins
+    }
+
+
+def test_an_undeclared_import_is_named() -> None:
+    (bad,) = [p for p in find_plugins(FIXTURE) if p.root.name == "sf_bad"]
+    problems = undeclared_imports(bad)
+    assert any("sf_bad/control.py:3: serverflow.models" in p for p in problems), problems

@@ -230,3 +230,81 @@ def test_registry_rejects_nameless_objects() -> None:
     registry: Registry[object] = host.collect("register_runtimes", Registry("runtime"))
     assert len(registry) == 0
     assert "has no name" in (host.info("nameless").error or "")  # type: ignore[union-attr]
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = name
+
+
+class _Templates:
+    """Registers one object; `fail` makes its hook raise after registering it."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name, self.fail = name, fail
+
+    @hookimpl
+    def register_dashboard_panels(self, register: object) -> None:
+        register(_Named(self.name))  # type: ignore[operator]
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+
+
+class _Wrapper:
+    """A new-style pluggy hook wrapper around every plugin's register_dashboard_panels."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.wrapped: list[str] = []
+
+    @hookimpl(wrapper=True)
+    def register_dashboard_panels(self, register: object) -> object:
+        result = yield
+        if self.fail:
+            raise RuntimeError("the wrapper broke")
+        self.wrapped.append("call")
+        return result
+
+
+def _panels_host(*plugins: tuple[str, object]) -> tuple[PluginHost, list[str]]:
+    from serverflow import hookspecs
+    from serverflow_contract.pluginhost import Registry
+
+    host = PluginHost("serverflow", hookspecs)
+    for name, plugin in plugins:
+        host.register(plugin, name)
+    registry: Registry[_Named] = host.collect("register_dashboard_panels", Registry("panel"))
+    return host, registry.names()
+
+
+def test_hook_wrappers_wrap_each_plugins_call() -> None:
+    wrapper = _Wrapper()
+    host, names = _panels_host(("a", _Templates("a")), ("b", _Templates("b")), ("w", wrapper))
+    assert names == ["a", "b"]
+    assert wrapper.wrapped == ["call", "call"]  # once around each plugin, as pluggy does
+    assert all(host.is_enabled(n) for n in ("a", "b", "w"))
+
+
+def test_a_raise_is_pinned_on_the_plugin_whose_code_raised() -> None:
+    # A plain implementation raising through a wrapper: that plugin fails, not the wrapper.
+    host, names = _panels_host(("a", _Templates("a", fail=True)), ("w", _Wrapper()))
+    assert names == []
+    assert "a broke" in (host.info("a").error or "")  # type: ignore[union-attr]
+    assert host.is_enabled("w")
+    # The wrapper raising around a good plugin: the wrapper fails, the plugin keeps its panel.
+    host, names = _panels_host(("a", _Templates("a")), ("w", _Wrapper(fail=True)))
+    assert "the wrapper broke" in (host.info("w").error or "")  # type: ignore[union-attr]
+    assert host.is_enabled("a") and names == ["a"]
+
+
+def test_trace_plugins_prints_hook_calls(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SERVERFLOW_TRACE_PLUGINS", "1")
+    _panels_host(("a", _Templates("a")))
+    err = capfd.readouterr().err
+    assert "register_dashboard_panels" in err and "finish register_dashboard_panels" in err
+    monkeypatch.delenv("SERVERFLOW_TRACE_PLUGINS")
+    _panels_host(("a", _Templates("a")))
+    assert "register_dashboard_panels" not in capfd.readouterr().err

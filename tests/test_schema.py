@@ -3,6 +3,7 @@ reader (here the `jsonschema` package) takes them to mean."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import sys
@@ -401,3 +402,38 @@ def test_control_plane_leaves_an_unsupported_agent_schema_to_the_agent() -> None
     with pytest.raises(InvalidInput) as refused:
         check_action(server, "new.act", {"name": "ABC"})
     assert refused.value.code == "ACT003"
+
+
+CODE_LIKE = [
+    '\\"+__import__("pathlib").Path(MARK).touch()+"',
+    '"+__import__("pathlib").Path(MARK).touch()+"',
+    "'+__import__('pathlib').Path(MARK).touch()+'",
+    '\\\n__import__("pathlib").Path(MARK).touch()#',
+    '{__import__("pathlib").Path(MARK).touch()}',
+    '"]+__import__("pathlib").Path(MARK).touch()+["',
+]
+
+
+@pytest.mark.parametrize("text", CODE_LIKE)
+def test_schema_strings_never_become_code(text: str, tmp_path: Path) -> None:
+    """The control plane compiles the schemas agents report (fastjsonschema generates
+    Python): a string in any slot of a schema stays data."""
+    mark = tmp_path / "ran"
+    text = text.replace("MARK", repr(str(mark)))
+    schemas = [
+        {"type": "object", "properties": {text: {"type": "string"}}},
+        {"type": "object", "required": [text]},
+        {"type": "object", "properties": {"x": {"enum": [text]}}},
+        {"type": "object", "properties": {"x": {"const": text}}},
+        {"type": "object", "properties": {"x": {"type": "string", "pattern": f"^{text}$"}}},
+        {"type": "object", "properties": {"x": {"description": text, "title": text}}},
+        {
+            "type": "object",
+            "properties": {"x": {"type": "object", "properties": {text: {"type": "integer"}}}},
+            "additionalProperties": False,
+        },
+    ]
+    for schema in schemas:
+        with contextlib.suppress(SchemaError):
+            validate({text: "v", "x": {text: 1}}, schema)
+    assert not mark.exists()

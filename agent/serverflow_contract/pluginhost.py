@@ -2,7 +2,7 @@
 
 Both the control plane and the agent load their plugins through `PluginHost`; only the
 pluggy project name, the hookspec module and the entry-point group differ. Hooks are called
-through pluggy (so its tracing and monitoring apply), one plugin at a time, so that the
+through pluggy (so its tracing and hook wrappers apply), one plugin at a time, so that the
 plugin whose hook raises is the one disabled. `SERVERFLOW_TRACE_PLUGINS=1` prints every
 hook call and its result to stderr.
 """
@@ -182,23 +182,9 @@ class PluginHost:
         except Exception as exc:
             self._mark_failed(info.name, f"invalid plugin: {_describe(exc)}")
             return
-        callers = self.pm.get_hookcallers(plugin) or []
-        unknown = [hc.name for hc in callers if hc.spec is None]
+        unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if hc.spec is None]
         if unknown:
             self._mark_failed(info.name, f"implements unknown hooks: {', '.join(unknown)}")
-            return
-        # One plugin's wrapper would run inside every other plugin's call, and its failure
-        # would be blamed on them: isolation needs plain implementations.
-        wrapped = [
-            hc.name
-            for hc in callers
-            for impl in hc.get_hookimpls()
-            if impl.plugin_name == info.name and (impl.hookwrapper or impl.wrapper)
-        ]
-        if wrapped:
-            self._mark_failed(
-                info.name, f"hook wrappers are not supported ({', '.join(sorted(wrapped))})"
-            )
 
     def fail(self, name: str, error: str) -> None:
         """Disable a plugin that misbehaved after loading (e.g. its blueprint clashed)."""
@@ -219,16 +205,36 @@ class PluginHost:
     def _each(self, hook_name: str, only: str | None = None) -> Iterator[tuple[str, Any]]:
         """(plugin, its caller) for each plugin implementing the hook, in load order.
 
-        Each caller is pluggy's own hook caller narrowed to one plugin, so a raise names
-        the plugin that raised.
+        Each caller is pluggy's own hook caller narrowed to that plugin's implementation
+        and every plugin's hook wrapper, so wrappers wrap each call and a raise can be
+        pinned on one plugin (`_culprit`).
         """
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-        names = [impl.plugin_name for impl in impls]
-        for name in names:
+        plain = [i.plugin_name for i in impls if not (i.wrapper or i.hookwrapper)]
+        for name in plain:
             if only is not None and name != only:
                 continue
-            others = [self.pm.get_plugin(n) for n in names if n != name]
+            others = [self.pm.get_plugin(n) for n in plain if n != name]
             yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+    def _culprit(self, hook_name: str, caller_of: str, exc: BaseException) -> str:
+        """The plugin whose code raised: the innermost traceback frame that runs one of the
+        hook's implementations (a wrapper's, say), else the plugin being called."""
+        codes = {
+            getattr(impl.function, "__code__", None): impl.plugin_name
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
+        }
+        culprit = caller_of
+        tb = exc.__traceback__
+        while tb is not None:
+            culprit = codes.get(tb.tb_frame.f_code, culprit)
+            tb = tb.tb_next
+        return culprit
+
+    def _fail_call(self, hook_name: str, plugin: str, exc: BaseException) -> None:
+        self._mark_failed(
+            self._culprit(hook_name, plugin, exc), f"hook {hook_name} raised {_describe(exc)}"
+        )
 
     def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a hook; one that raises disables its plugin."""
@@ -239,7 +245,7 @@ class PluginHost:
             try:
                 outcome = caller(**kwargs)
             except Exception as exc:
-                self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
+                self._fail_call(hook_name, plugin, exc)
                 continue
             results.extend((plugin, value) for value in outcome)
         return results
@@ -275,7 +281,7 @@ class PluginHost:
             try:
                 caller(register=register, **kwargs)
             except Exception as exc:
-                self._mark_failed(plugin, f"hook {hook_name} raised {_describe(exc)}")
+                self._fail_call(hook_name, plugin, exc)
         return registry
 
     # -- reporting -----------------------------------------------------------------

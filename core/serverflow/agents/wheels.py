@@ -32,7 +32,7 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _top_packages(dist: metadata.Distribution) -> list[str]:
+def top_packages(dist: metadata.Distribution) -> list[str]:
     """The import packages a distribution installs (serverflow-agent has two: the agent and
     the contract): from its file list, or for an editable install from the folders its
     .pth file puts on sys.path; plus the packages its entry points name."""
@@ -73,7 +73,7 @@ def build_wheel(dist: metadata.Distribution) -> Wheel:
     name, version = dist.metadata["Name"], dist.version
     stem = f"{_normalize(name)}-{version}"
     files: dict[str, bytes] = {}
-    for package in _top_packages(dist):
+    for package in top_packages(dist):
         spec = importlib.util.find_spec(package)
         assert spec is not None and spec.submodule_search_locations
         root = Path(next(iter(spec.submodule_search_locations)))
