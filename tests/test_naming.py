@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -123,21 +122,30 @@ def test_health_paths(path: str) -> None:
     assert agent_accepts(entry) == ok, path
 
 
-@pytest.mark.parametrize(
-    "branch", ["main", "release/1.2", "-x", "a..b", "a b", "feature@{1}", "x.lock", "é"]
-)
+@settings(max_examples=300, deadline=None)
+@given(noisy(30))
+@example("main")
+@example("release/1.2")
+@example("a..b")
+@example("feature@{1}")
+@example("x.lock")
+@example("é")
 def test_branches_one_rule(branch: str) -> None:
+    """REST deploys, MCP deploys and the agent's git.resolve take the same branch names."""
     from serverflow.api.apps import DeployIn
+    from serverflow.operations.deploys import DeployArgs
     from serverflow_agent.deploy.desired import check_branch
 
-    try:
-        DeployIn.model_validate({"branch": branch})
-        api_ok = True
-    except ValidationError:
-        api_ok = False
+    verdicts = []
+    for model, fields in ((DeployIn, {}), (DeployArgs, {"app": "shop"})):
+        try:
+            model.model_validate({**fields, "branch": branch})
+            verdicts.append(True)
+        except ValidationError:
+            verdicts.append(False)
     try:
         check_branch(branch)
-        agent_ok = True
+        verdicts.append(True)
     except DeployError:
-        agent_ok = False
-    assert api_ok == agent_ok
+        verdicts.append(False)
+    assert len(set(verdicts)) == 1, (branch, verdicts)

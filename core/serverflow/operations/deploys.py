@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from serverflow.agents.registry import KINDS_ALLOWED, inventory_entry
+from serverflow.apps import naming_rule
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.desired import APPLY_ACTION, RESOLVE_ACTION, app_entry, release_id
 from serverflow.deploys.service import Deployer, decrypt_env
@@ -33,15 +34,20 @@ from serverflow.operations.operation import (
 )
 from serverflow.schemas import Input
 from serverflow.tenancy import scoped
+from serverflow_contract import naming
 
 RESOLVE_TIMEOUT_S = 30.0
-BRANCH = r"^[A-Za-z0-9._/-]+$"
 
 
 class DeployArgs(Input):
     app: str = Field(min_length=1, max_length=100)
-    branch: str | None = Field(default=None, pattern=BRANCH, max_length=255)
+    branch: str | None = Field(default=None, max_length=naming.BRANCH_MAX)
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        return naming_rule(naming.check_branch, value)
 
 
 class RollbackArgs(Input):
