@@ -23,6 +23,10 @@ or renumbered. The CLI prints the same codes (`Error: [ORG001] no organisation '
 The agent protocol has its own codes (FRM, AUT, SIG, CMD...), listed in
 [protocol.md](protocol.md).
 
+Every 429 (`AUTH005`, `RATE001`) carries a `Retry-After` header: whole seconds, at least 1.
+`AUTH005` throttles sign-in per account and source address, so it never keeps anyone out
+who signs in from another address.
+
 | code | HTTP | meaning |
 |---|---|---|
 """

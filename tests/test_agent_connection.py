@@ -51,7 +51,8 @@ async def assert_closed_with_error(rig: Rig, session: PeerSession, code: str) ->
     error = await session.wait_frame("error")
     assert error.body["code"] == code, error.body
     await session.wait_closed()
-    assert session.close_code == 1008, session.close_code
+    # docs/protocol.md §2: 1009 (message too big) for FRM001, 1008 (policy) otherwise.
+    assert session.close_code == (1009 if code == "FRM001" else 1008), session.close_code
     await rig.peer.session(after=rig.peer.sessions.index(session) + 1)
     assert rig.agent.alive()
 

@@ -12,6 +12,7 @@ import pytest
 from serverflow import audit
 from serverflow.models import AuditEntry, Role
 from serverflow.tenancy import is_postgres, scoped
+from serverflow.tokens import hash_token
 from serverflow_testkit.controlplane import cli_env
 from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant, sign_in
 
@@ -65,12 +66,46 @@ def test_secrets_are_redacted() -> None:
             "note": token,
             "name": "web-1",
             "nested": [{"client_secret": "s"}],
+            "token_id": "5f0c",
+            "token_name": "ci",
+            "token_value": token,
         }
     )
     text = json.dumps(cleaned)
     for secret in ("hunter22", "postgres://x:y@z", "abc", token):
         assert secret not in text
     assert cleaned["name"] == "web-1" and cleaned["env"] == {"DB_URL": "********"}
+    # Naming a token is not revealing it.
+    assert (cleaned["token_id"], cleaned["token_name"]) == ("5f0c", "ci")
+    assert cleaned["token_value"] == "********"
+
+
+@BOTH_DATABASES
+async def test_a_revocation_names_the_revoked_token(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    client = control_plane.client()
+    made = await client.post("/api/v1/tokens", json={"name": "deploy-bot"}, headers=tenant.auth())
+    assert made.status_code == 201
+    issued = await made.get_json()
+    secret, token_id = issued["token"], issued["id"]
+    revoked = await client.delete(f"/api/v1/tokens/{token_id}", headers=tenant.auth())
+    assert revoked.status_code == 200 and (await revoked.get_json())["revoked_at"]
+
+    viewer = tenant.auth(Role.VIEWER)
+    listed = await (await client.get("/api/v1/audit?limit=5", headers=viewer)).get_json()
+    entries = listed["entries"]
+    [event] = [e for e in entries if e["action"] == "token.revoked"]
+    assert event["target"] == f"token:{token_id}"
+    assert event["details"]["token_id"] == token_id
+    assert event["details"]["token_name"] == "deploy-bot"
+    [call] = [e for e in entries if e["action"] == "api.revoke_token"]
+    assert call["details"]["path_args"] == {"token_id": token_id}
+    text = json.dumps(entries)
+    assert secret not in text and hash_token(secret) not in text
+
+    verified = await (await client.get("/api/v1/audit/verify", headers=viewer)).get_json()
+    assert verified["ok"] is True, verified
+    assert (await audit.verify(tenant.org.id)).ok
 
 
 async def _tamper(cp: ControlPlaneUnderTest, tenant: Tenant, sql_pg: str, sql_lite: str) -> None:

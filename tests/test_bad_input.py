@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import pytest
 
+from serverflow.controlplane import EXTENSION, ControlPlane
 from serverflow.models import ApiToken, LoginFailure, Role, Server, User, UserSession
 from serverflow.tenancy import scoped
 from tests.conftest import BOTH_DATABASES, PASSWORD, ControlPlaneUnderTest, Tenant
@@ -163,17 +165,21 @@ async def test_wrong_password_is_refused_then_throttled(
     caplog.set_level(logging.INFO)
     wrong = "hunter2-wrong-password"
     limit = control_plane.settings.login_max_failures
+    cp: ControlPlane = control_plane.app.extensions[EXTENSION]
+    now = datetime.now(UTC)
+    cp.clock = lambda: now  # no time passes
     for _ in range(limit):
         response = await client.post(
             "/login", form={"csrf_token": csrf, "email": tenant.owner.email, "password": wrong}
         )
         assert response.status_code == 401
         assert 'data-code="AUTH003"' in await response.get_data(as_text=True)
-    # Locked now, even with the right password.
+    # Throttled now from this address, even with the right password.
     response = await client.post(
         "/login", form={"csrf_token": csrf, "email": tenant.owner.email, "password": PASSWORD}
     )
     assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
     assert 'data-code="AUTH005"' in await response.get_data(as_text=True)
     assert await UserSession.all().count() == 0
     assert await LoginFailure.filter(email=tenant.owner.email).count() == limit

@@ -165,11 +165,18 @@ def test_expired_and_forged_install_tokens(deployment: Deployment) -> None:
     assert server_state(deployment, server["id"])["registered_at"] is None
 
 
+def close_code_for(code: str) -> int:
+    """The WebSocket close code docs/protocol.md §2 gives for an error frame's code."""
+    return 1009 if code == "FRM001" else 1008
+
+
 async def expect_refusal(agent: SimAgent, code: str) -> None:
     frame = await agent.recv()
     assert frame.type == "error" and frame.body["code"] == code, frame
     with pytest.raises(ConnectionClosed):
         await agent.recv()
+    assert agent.ws is not None
+    assert agent.ws.close_code == close_code_for(code), (agent.ws.close_code, code)
 
 
 async def test_agent_presenting_another_agents_key_is_refused(deployment: Deployment) -> None:
@@ -250,6 +257,24 @@ async def test_malformed_frames_close_the_connection(
     again = enrolled(deployment)
     await again.handshake()
     await again.close()
+
+
+async def test_oversized_first_frame_is_refused_with_1009(deployment: Deployment) -> None:
+    agent = enrolled(deployment)
+    await agent.connect()
+    await agent.recv()  # the challenge
+    await agent.send('{"type": "auth", "body": {"x": "' + "a" * protocol.MAX_FRAME_BYTES + '"}}')
+    await expect_refusal(agent, "FRM001")
+
+
+async def test_huge_frame_is_cut_off_by_the_transport(deployment: Deployment) -> None:
+    agent = enrolled(deployment)
+    await agent.handshake()
+    await agent.send("x" * (2 * protocol.MAX_FRAME_BYTES + 1))
+    with pytest.raises(ConnectionClosed) as closed:
+        await agent.recv()  # no error frame: the transport closes before the frame is read
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+    assert httpx.get(deployment.url + "/healthz").status_code == 200
 
 
 async def test_binary_frames_are_refused(deployment: Deployment) -> None:

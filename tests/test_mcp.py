@@ -567,6 +567,7 @@ async def test_the_rate_limit_is_per_token_and_clear(tmp_path: Path) -> None:
             ok(await call(dep, dep.tokens["member"], "list_servers"))
         error = refused(await call(dep, dep.tokens["member"], "list_servers"), "RATE001")
         assert "3 per minute" in error["message"] and "retry in" in error["message"]
+        assert error["details"]["retry_after"] >= 1
         ok(await call(dep, dep.tokens["viewer"], "list_servers"))  # its own budget
         outcomes = [(r["actor"], r["outcome"]) for r in audit_rows(dep)]
         assert outcomes[-2:] == [("token:member", "RATE001"), ("token:viewer", "ok")]

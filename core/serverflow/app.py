@@ -16,7 +16,7 @@ from werkzeug.routing import Rule
 from serverflow import __version__, audit, db, marketplace, plans
 from serverflow.controlplane import EXTENSION, ControlPlane
 from serverflow.errors import ConfigError
-from serverflow.http_errors import JsonRequest, register_error_handlers
+from serverflow.http_errors import JsonRequest, refuse_oversized_body, register_error_handlers
 from serverflow.keys import AppKeys
 from serverflow.mcp.endpoint import McpEndpoint
 from serverflow.plugins import Plugins
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
                 plugins.blueprints.owner(blueprint.name),
                 f"blueprint {blueprint.name!r} rejected: {exc}",
             )
+    app.before_request(refuse_oversized_body)
     register_error_handlers(app)
     mcp = McpEndpoint(app, cp)
     app.asgi_app = mcp.wrap(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]

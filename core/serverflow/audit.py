@@ -26,6 +26,10 @@ from serverflow_contract import protocol
 GENESIS = "0" * 64
 REDACTED = "********"
 SECRET_KEYS = re.compile(r"(?i)(pass(word)?|secret|token|api[_-]?key|private|credential|env)")
+# A token's id and name identify it without being it: they stay readable, or nobody could
+# tell which token an entry is about. Kept narrow on purpose: elsewhere a "secret_id" can
+# be a credential (Vault's AppRole), so only the token's own labels are let through.
+LABEL_KEYS = re.compile(r"(?i)^token[_-]?(id|ids|name)$")
 PRUNE_ACTION = "audit.pruned"
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,11 @@ _locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 def redact(value: Any, key: str = "") -> Any:
     """A copy of `value` with anything that looks secret replaced (by key name or form)."""
-    if key and SECRET_KEYS.search(key) and not isinstance(value, dict | list):
+    secret_key = bool(key) and bool(SECRET_KEYS.search(key)) and not LABEL_KEYS.search(key)
+    if secret_key and not isinstance(value, dict | list):
         return REDACTED
     if isinstance(value, dict):
-        if key and SECRET_KEYS.search(key):  # e.g. env: keep the names, hide the values
+        if secret_key:  # e.g. env: keep the names, hide the values
             return {k: REDACTED for k in value}
         return {str(k): redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):

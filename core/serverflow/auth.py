@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from quart import g, request
 from quart_auth import AuthUser, current_user, login_user, logout_user
 
+from serverflow import login_throttle
 from serverflow.controlplane import current
 from serverflow.csrf import HEADER as CSRF_HEADER
 from serverflow.csrf import check_csrf
@@ -26,7 +27,7 @@ from serverflow.errors import (
     TooManyRequests,
 )
 from serverflow.http_errors import error_code
-from serverflow.models import ApiToken, LoginFailure, Membership, Role, User, UserSession
+from serverflow.models import ApiToken, Membership, Role, User, UserSession
 from serverflow.passwords import averify_password
 from serverflow.tenancy import scoped
 from serverflow.tokens import hash_token, new_session_token, token_org
@@ -230,36 +231,40 @@ def principal() -> Principal:
 
 
 def client_ip() -> str:
+    """The caller's address as the ASGI server saw it (X-Forwarded-For is not trusted)."""
     return (request.remote_addr or "unknown")[:64]
 
 
-async def _check_throttle(email: str, ip: str) -> None:
-    settings = current().settings
-    since = datetime.now(UTC) - timedelta(minutes=settings.login_window_minutes)
-    by_email = await LoginFailure.filter(email=email, at__gte=since).count()
-    by_ip = await LoginFailure.filter(ip=ip, at__gte=since).count()
-    if by_email >= settings.login_max_failures or by_ip >= settings.login_max_failures * 4:
+async def check_password(email: str, password_hash: str | None, password: str) -> bool:
+    """Whether `password` is right for `email`, throttled per account and caller address.
+
+    Raises AUTH005 (429 with Retry-After) without checking the password while the caller's
+    address must wait; see serverflow.login_throttle.
+    """
+    cp = current()
+    email, ip, now = email[:254], client_ip(), cp.clock()
+    try:
+        await login_throttle.check(email, ip, cp.settings, now)
+    except TooManyRequests:
         log.warning("sign-in throttled for %s from %s", email, ip, extra={"code": "AUTH005"})
-        raise TooManyRequests(
-            f"Too many failed sign-in attempts; try again in {settings.login_window_minutes} "
-            "minutes.",
-            code="AUTH005",
-        )
+        raise
+    await login_throttle.record(email, ip, now)
+    if await averify_password(password_hash, password):
+        await login_throttle.clear(email, ip)
+        return True
+    log.warning("failed sign-in for %s from %s", email, ip, extra={"code": "AUTH003"})
+    await login_throttle.forget_old(cp.settings, now)
+    return False
 
 
 async def sign_in(email: str, password: str) -> User:
     """Check the password (throttled) and open a browser session."""
     email = email.strip().lower()
-    ip = client_ip()
-    await _check_throttle(email, ip)
     user = await User.get_or_none(email=email)
     usable = user is not None and user.is_active
-    ok = await averify_password(user.password_hash if usable and user else None, password)
+    ok = await check_password(email, user.password_hash if usable and user else None, password)
     if not ok or user is None:
-        await LoginFailure.create(email=email[:254], ip=ip)
-        log.warning("failed sign-in for %s from %s", email, ip, extra={"code": "AUTH003"})
         raise AuthenticationRequired("Wrong email or password.", code="AUTH003")
-    await LoginFailure.filter(email=email).delete()
     await User.filter(id=user.id).update(last_login_at=datetime.now(UTC))
     value, digest = new_session_token()
     hours = current().settings.session_hours

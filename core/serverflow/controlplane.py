@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from quart import current_app
 
@@ -17,6 +19,10 @@ from serverflow.settings import Settings
 EXTENSION = "serverflow"
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class ControlPlane:
     settings: Settings
@@ -26,6 +32,8 @@ class ControlPlane:
     hub: AgentHub = field(init=False)
     deployer: Deployer = field(init=False)
     tls_pin: str | None = None
+    # The wall clock of time-based decisions (sign-in throttling); tests may replace it.
+    clock: Callable[[], datetime] = utc_now
 
     api_limit: RateLimiter = field(init=False)
     mcp_limit: RateLimiter = field(init=False)

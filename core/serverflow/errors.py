@@ -5,6 +5,7 @@ Codes are part of the public API: never reuse or renumber one. docs/errors.md li
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -44,6 +45,18 @@ class InvalidInput(ServerFlowError):
     default_message = "The request is invalid."
 
 
+class BodyTooLarge(ServerFlowError):
+    code = "VAL003"
+    status = 413
+    default_message = "The request body is larger than the configured limit."
+
+
+class UnsupportedMediaType(ServerFlowError):
+    code = "VAL005"
+    status = 415
+    default_message = "The request body's Content-Type is not accepted here."
+
+
 class NotFound(ServerFlowError):
     code = "GEN404"
     status = 404
@@ -69,9 +82,22 @@ class PermissionDenied(ServerFlowError):
 
 
 class TooManyRequests(ServerFlowError):
+    """A 429: always answered with `Retry-After: <retry_after>` (whole seconds, at least 1)."""
+
     code = "AUTH005"
     status = 429
     default_message = "Too many attempts; wait and try again."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        retry_after: float = 1,
+        details: Any = None,
+    ):
+        super().__init__(message, code=code, details=details)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class AgentUnavailable(ServerFlowError):
@@ -90,9 +116,10 @@ CODES: dict[str, tuple[int | str, str]] = {
     "AUTH005": (429, "Too many failed sign-in attempts; wait before trying again."),
     "AUTH006": (403, "The CSRF token is missing or does not match; reload the page."),
     "VAL001": (400, "The request body or parameters failed validation."),
-    "VAL002": (400, "The request body is not valid JSON."),
+    "VAL002": (400, "The request body is not valid JSON or form data, or not UTF-8."),
     "VAL003": (413, "The request body is larger than the configured limit."),
     "VAL004": (400, "The request must be sent as application/json."),
+    "VAL005": (415, "The body's Content-Type is not accepted here (forms take form data)."),
     "GEN404": (404, "No such endpoint."),
     "GEN405": (405, "Method not allowed on this endpoint."),
     "SRV001": (404, "Server not found."),

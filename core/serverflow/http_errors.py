@@ -5,34 +5,128 @@ from __future__ import annotations
 import logging
 import secrets
 from typing import Any
+from urllib.parse import parse_qsl
 
+import pydantic_core
 from pydantic import ValidationError
 from quart import Quart, Request, Response, g, jsonify, render_template, request
+from quart.formparser import FormDataParser
+from quart.wrappers.request import Body
 from quart_schema import RequestSchemaValidationError
 from tortoise.exceptions import DBConnectionError
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
-from serverflow.errors import DatabaseError, InvalidInput, ServerFlowError
+from serverflow.errors import DatabaseError, InvalidInput, ServerFlowError, UnsupportedMediaType
 
 log = logging.getLogger("serverflow.http")
 
 JSON_PREFIXES = ("/api/", "/healthz", "/readyz", "/install", "/agent")
 
 
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a request body, or VAL002.
+
+    As RFC 8259 has it: UTF-8 only, no lone surrogate escapes (no database or encoder can
+    store them), bounded nesting; pydantic-core's parser enforces all three and reports
+    every failure as a ValueError, where the standard library lets a deep nesting escape
+    as RecursionError.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"The request body is not valid UTF-8 (byte {exc.start}); send JSON as UTF-8.",
+            code="VAL002",
+        ) from None
+    try:
+        return pydantic_core.from_json(text)
+    except ValueError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}", code="VAL002") from None
+
+
+async def _parse_urlencoded(
+    parser: FormDataParser,
+    body: Body,
+    mimetype: str,
+    content_length: int | None,
+    options: dict[str, str],
+) -> tuple[MultiDict, MultiDict]:
+    # Strict also for percent-escapes: Quart would turn %FF into U+FFFD silently.
+    text = (await body).decode("utf-8")
+    return MultiDict(parse_qsl(text, keep_blank_values=True, errors="strict")), MultiDict()
+
+
+class FormParser(FormDataParser):
+    """Form parsing that refuses a body it cannot read instead of seeing an empty form.
+
+    Quart's parser swallows undecodable bytes and unknown content types into an empty
+    form, which the dashboard then answers with a misleading CSRF refusal.
+    """
+
+    async def parse(
+        self,
+        body: Body,
+        mimetype: str,
+        content_length: int | None,
+        options: dict[str, str] | None = None,
+    ) -> tuple[MultiDict, MultiDict]:
+        options = options or {}
+        parse_func = self.get_parse_func(mimetype, options)
+        if parse_func is None:
+            if await body:
+                raise UnsupportedMediaType(
+                    "Send the form as application/x-www-form-urlencoded or multipart/form-data.",
+                    code="VAL005",
+                )
+            return MultiDict(), MultiDict()
+        try:
+            return await parse_func(self, body, mimetype, content_length, options)
+        except UnicodeDecodeError:
+            raise InvalidInput("The form is not valid UTF-8.", code="VAL002") from None
+        except ValueError:  # e.g. a multipart body without its boundary
+            raise InvalidInput("The form data is malformed.", code="VAL002") from None
+
+    parse_functions = {
+        **FormDataParser.parse_functions,
+        "application/x-www-form-urlencoded": _parse_urlencoded,
+        "application/x-url-encoded": _parse_urlencoded,
+    }
+
+
 class JsonRequest(Request):
-    """A request whose JSON problems raise our errors instead of a bare 400."""
+    """A request whose body problems raise our errors (VAL002/VAL004/VAL005), never a 500."""
+
+    form_data_parser_class = FormParser
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        if not (force or self.is_json) and not silent:
-            body = await self.get_data(cache=True)
-            if body:
+        # Parsed on each call (at most twice a request: validation, audit); the body is
+        # capped at max_body_bytes.
+        if not (force or self.is_json):
+            if not silent and await self.get_data(cache=True):
                 raise InvalidInput(
                     "Send the body as JSON with Content-Type: application/json.", code="VAL004"
                 )
-        return await super().get_json(force=force, silent=silent, cache=cache)
+            return None
+        try:
+            return parse_json(await self.get_data(True, False, False))
+        except InvalidInput:
+            if silent:
+                return None
+            raise
 
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidInput(f"The request body is not valid JSON: {error}", code="VAL002")
+
+
+async def refuse_oversized_body() -> None:
+    """Read the body before any handler, so one over `max_body_bytes` is a 413 up front.
+
+    Quart checks the limit only when the body is read: a handler that never reads it
+    would run (and commit), and a later read (the audit of the call) would turn the
+    answer into a 413. A declared length over the limit is refused without reading.
+    """
+    await request.get_data(cache=True)
 
 
 def error_code(exc: BaseException) -> str:

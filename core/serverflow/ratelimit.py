@@ -38,11 +38,10 @@ class RateLimiter:
         bucket.at = now
         if bucket.tokens < 1:
             wait = math.ceil((1 - bucket.tokens) / self.rate)
-            error = TooManyRequests(
+            raise TooManyRequests(
                 f"Too many {what} calls: the limit is {round(self.rate * 60)} per minute; "
                 f"retry in {wait} s.",
                 code="RATE001",
+                retry_after=wait,
             )
-            error.retry_after = wait  # type: ignore[attr-defined]
-            raise error
         bucket.tokens -= 1

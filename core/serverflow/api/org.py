@@ -11,10 +11,9 @@ from quart_schema import validate_request, validate_response
 from serverflow.accounts import set_password
 from serverflow.api import bp
 from serverflow.api.schemas import Input, Output
-from serverflow.auth import principal, requires
+from serverflow.auth import check_password, principal, requires
 from serverflow.errors import AuthenticationRequired, PermissionDenied
 from serverflow.models import Organization, Role, User
-from serverflow.passwords import averify_password
 
 
 class OrgOut(Output):
@@ -56,7 +55,9 @@ class PasswordIn(Input):
 
 
 @bp.post("/me/password")
-@requires(Role.VIEWER)
+# Not atomic: a wrong current password must stay counted (sign-in throttling), not be
+# rolled back with the refused request. Users and sessions are not tenant-scoped.
+@requires(Role.VIEWER, atomic=False)
 @validate_request(PasswordIn)
 async def change_password(data: PasswordIn) -> tuple[str, int]:
     """Change the signed-in user's password; every session of theirs is signed out."""
@@ -64,7 +65,7 @@ async def change_password(data: PasswordIn) -> tuple[str, int]:
     if caller.kind != "session" or caller.user_id is None:
         raise PermissionDenied("Only a signed-in user can change their password.")
     user = await User.get(id=caller.user_id)
-    if not await averify_password(user.password_hash, data.current_password):
+    if not await check_password(user.email, user.password_hash, data.current_password):
         raise AuthenticationRequired("The current password is wrong.", code="AUTH003")
     await set_password(user, data.new_password)
     return "", 204

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pydantic import Field
 from quart_schema import validate_request, validate_response
 
+from serverflow import audit
 from serverflow.accounts import issue_token
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, RoleName, parse_id
-from serverflow.auth import principal, requires
+from serverflow.auth import actor, principal, requires
 from serverflow.errors import NotFound
 from serverflow.models import ApiToken, Role, User
 
@@ -100,4 +101,19 @@ async def revoke_token(token_id: str) -> TokenOut:
     if token.revoked_at is None:
         token.revoked_at = datetime.now(UTC)
         await token.save(update_fields=["revoked_at"])
+        # The request's own entry only has the path; this one says which token it was.
+        caller = principal()
+        await audit.append(
+            caller.org_id,
+            audit.Record(
+                actor=actor(caller),
+                action="token.revoked",
+                target=f"token:{token.id}",
+                details={
+                    "token_id": str(token.id),
+                    "token_name": token.name,
+                    "role": str(token.role),
+                },
+            ),
+        )
     return TokenOut.model_validate(token)

@@ -59,7 +59,7 @@ def _bad_signature(what: str) -> WebhookError:
 def _payload(body: bytes) -> dict[str, object]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise WebhookError("HOOK002", "the webhook body is not JSON", 400) from None
     if not isinstance(data, dict):
         raise WebhookError("HOOK002", "the webhook body is not a JSON object", 400)

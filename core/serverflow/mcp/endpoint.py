@@ -21,12 +21,19 @@ from typing import Any
 from mcp.server.transport_security import TransportSecuritySettings
 from quart import Quart
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tortoise.exceptions import BaseORMException
 
 from serverflow.auth import token_principal
 from serverflow.controlplane import ControlPlane
-from serverflow.errors import AuthenticationRequired, DatabaseError, ServerFlowError
+from serverflow.errors import (
+    AuthenticationRequired,
+    BodyTooLarge,
+    DatabaseError,
+    InvalidInput,
+    ServerFlowError,
+    TooManyRequests,
+)
 from serverflow.mcp.caller import CALLER
 from serverflow.mcp.server import ServerFlowMCP
 
@@ -48,6 +55,7 @@ class McpEndpoint:
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
         self.manager = self.server.session_manager
+        self.max_body_bytes = cp.settings.max_body_bytes
         # The stateless transport logs "Terminating session" at INFO for every request.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
         self._stack = AsyncExitStack()
@@ -80,11 +88,49 @@ class McpEndpoint:
             log.exception("MCP authentication failed: database unreachable")
             await self._refuse(scope, send, DatabaseError())
             return
+        if scope.get("method") == "POST":
+            problem = self._content_type_problem(scope)
+            if problem is not None:
+                await self._refuse(scope, send, problem)
+                return
+            body = await self._read_body(receive)
+            if body is None:
+                await self._refuse(scope, send, BodyTooLarge())
+                return
+            receive = _replay(body, receive)
         token = CALLER.set(principal)
         try:
             await self.manager.handle_request(scope, receive, send)
         finally:
             CALLER.reset(token)
+
+    def _content_type_problem(self, scope: Scope) -> ServerFlowError | None:
+        """VAL004 for a body that is not JSON by its type (the SDK answers in plain text).
+
+        Bodies that are not UTF-8 or not JSON are left to the SDK: a JSON-RPC parse error
+        (-32700) is what an MCP client understands.
+        """
+        content_type = Headers(scope=scope).get("content-type", "")
+        if content_type.lower().startswith("application/json"):
+            return None
+        return InvalidInput(
+            "MCP takes JSON-RPC: send the body with Content-Type: application/json.",
+            code="VAL004",
+        )
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it exceeds `max_body_bytes` (declared or not)."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        return bytes(body)
 
     async def _refuse(self, scope: Scope, send: Send, error: ServerFlowError) -> None:
         log.warning(
@@ -103,6 +149,8 @@ class McpEndpoint:
         ]
         if error.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="serverflow"'))
+        if isinstance(error, TooManyRequests):
+            headers.append((b"retry-after", str(error.retry_after).encode()))
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -111,3 +159,13 @@ class McpEndpoint:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the already-read body over again, then the real channel."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed

@@ -17,7 +17,7 @@ from quart import Quart
 
 from serverflow import __version__, audit
 from serverflow.controlplane import ControlPlane
-from serverflow.errors import NotFound, ServerFlowError
+from serverflow.errors import NotFound, ServerFlowError, TooManyRequests
 from serverflow.http_errors import error_code
 from serverflow.mcp.caller import caller
 from serverflow.mcp.resources import register_resources
@@ -127,7 +127,9 @@ class ServerFlowMCP(MCPServer[Any]):
             self.cp.mcp_limit.check(f"token:{caller().token_id}", "MCP")
             async with self.quart.app_context():
                 return await super().call_tool(name, arguments, context)
-        except ServerFlowError as exc:  # the rate limit
+        except TooManyRequests as exc:  # the rate limit: a tool result, not an HTTP 429
+            return error_result(exc.code, exc.message, {"retry_after": exc.retry_after})
+        except ServerFlowError as exc:
             return error_result(exc.code, exc.message)
         except ToolError as exc:
             cause = exc.__cause__

@@ -108,7 +108,7 @@ async def login_form() -> str | WerkzeugResponse:
 
 @bp.post("/login")
 @hide
-async def login() -> str | WerkzeugResponse | tuple[str, int]:
+async def login() -> WerkzeugResponse | tuple[str, int, dict[str, str]]:
     form = await request.form
     check_csrf(form.get(CSRF_FIELD))
     email = form.get("email", "")
@@ -118,7 +118,8 @@ async def login() -> str | WerkzeugResponse | tuple[str, int]:
     except (AuthenticationRequired, TooManyRequests) as exc:
         await i18n.resolve_locale()
         html = await render_template("login.html", error=exc, email=email, next=target)
-        return html, exc.status
+        wait = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
+        return html, exc.status, wait
     return redirect(target or url_for("web.overview"))
 
 
