@@ -32,7 +32,7 @@ from serverflow.models import (
     UserSession,
 )
 from serverflow.tenancy import scoped
-from tests.conftest import ControlPlaneUnderTest, Tenant, sign_in
+from tests.conftest import BOTH_DATABASES, ControlPlaneUnderTest, Tenant, sign_in
 
 if TYPE_CHECKING:  # a Test* name at module level would be collected
     from quart.typing import TestClientProtocol
@@ -74,6 +74,14 @@ def _bodies(limit: int, csrf: str) -> list[Bad]:
         Bad(
             "form with an invalid %-escape",
             f"csrf_token={csrf}&name={MARKER}%FF".encode(),
+            FORM,
+            "VAL004",
+            "VAL002",
+        ),
+        Bad("NUL in a JSON string", b'{"name": "' + m + b'\\u0000"}', JSON, "VAL002", "VAL005"),
+        Bad(
+            "NUL in a form field",
+            f"csrf_token={csrf}&name={MARKER}%00".encode(),
             FORM,
             "VAL004",
             "VAL002",
@@ -246,6 +254,10 @@ async def test_bad_bodies_on_mcp(
             assert (response.status_code, body["error"]["code"]) == (400, "VAL004"), bad.label
         elif bad.api_code == "VAL003":
             assert (response.status_code, body["error"]["code"]) == (413, "VAL003")
+        elif bad.label == "NUL in a JSON string":
+            # Valid JSON, but no JSON-RPC request: the SDK's invalid-request/params error.
+            assert response.status_code == 400, bad.label
+            assert body["error"]["code"] in (-32600, -32602), bad.label
         else:
             # Not UTF-8 or not JSON: the JSON-RPC parse error an MCP client understands.
             assert response.status_code == 400, bad.label
@@ -275,3 +287,24 @@ async def test_signed_webhook_with_bad_bytes_is_refused(
         assert response.status_code == 400
         assert (await response.get_json())["error"]["code"] == "HOOK002"
     assert await _snapshot(tenant) == before
+
+
+@BOTH_DATABASES
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "web-1", "description": "a\u0000b"},
+        {"name": "web-1", "description": "ok", "\u0000": "x"},
+    ],
+    ids=["in-a-value", "in-a-key"],
+)
+async def test_a_nul_character_is_refused_not_stored(
+    control_plane: ControlPlaneUnderTest, body: dict[str, str]
+) -> None:
+    """PostgreSQL cannot store NUL in text: refused as bad input on both databases alike."""
+    tenant = await control_plane.tenant("Acme")
+    answer = await control_plane.client().post("/api/v1/servers", headers=tenant.auth(), json=body)
+    assert answer.status_code == 400, await answer.get_data(as_text=True)
+    assert (await answer.get_json())["error"]["code"] == "VAL002"
+    async with scoped(tenant.org.id):
+        assert await Server.all().count() == 0

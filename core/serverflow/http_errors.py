@@ -40,9 +40,27 @@ def parse_json(body: bytes) -> Any:
             code="VAL002",
         ) from None
     try:
-        return pydantic_core.from_json(text)
+        value = pydantic_core.from_json(text)
     except ValueError as exc:
         raise InvalidInput(f"The request body is not valid JSON: {exc}", code="VAL002") from None
+    # JSON can only carry NUL escaped, and PostgreSQL text cannot store it: refused here so
+    # both databases answer alike (a raw NUL is already invalid JSON).
+    if "\\u0000" in text and _holds_nul(value):
+        raise InvalidInput(
+            "The request body holds a NUL character (\\u0000), which no field accepts.",
+            code="VAL002",
+        )
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 async def _parse_urlencoded(
@@ -54,7 +72,12 @@ async def _parse_urlencoded(
 ) -> tuple[MultiDict, MultiDict]:
     # Strict also for percent-escapes: Quart would turn %FF into U+FFFD silently.
     text = (await body).decode("utf-8")
-    return MultiDict(parse_qsl(text, keep_blank_values=True, errors="strict")), MultiDict()
+    pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    if any("\0" in key or "\0" in value for key, value in pairs):
+        raise InvalidInput(
+            "The form holds a NUL character (%00), which no field accepts.", code="VAL002"
+        )
+    return MultiDict(pairs), MultiDict()
 
 
 class FormParser(FormDataParser):
