@@ -71,9 +71,6 @@ PROGRESS_FLUSH_S = 5.0
 # is answered with a clear FRM001 error frame; anything larger is cut off by websockets
 # itself (close code 1009), which bounds the memory a peer can make us allocate.
 TRANSPORT_MAX_BYTES = 2 * protocol.MAX_FRAME_BYTES
-# WebSocket close codes after an error frame (docs/protocol.md §2): 1009 for FRM001.
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -441,7 +438,7 @@ class Agent:
         with contextlib.suppress(Exception):
             await ws.send(protocol.error_frame(code, text).encode())
         with contextlib.suppress(Exception):
-            await ws.close(CLOSE_TOO_BIG if code == "FRM001" else CLOSE_POLICY, code)
+            await ws.close(protocol.close_code(code), code)
         raise SessionEnd(f"sent error {code}: {text}")
 
     async def _unexpected(

@@ -62,6 +62,16 @@ ERRORS: dict[str, str] = {
 }
 
 
+# WebSocket close codes after an error frame (docs/protocol.md §2), the same on both sides.
+CLOSE_POLICY = 1008  # policy violation: every refusal but a too-large frame
+CLOSE_TOO_BIG = 1009  # message too big: FRM001
+
+
+def close_code(error_code: str) -> int:
+    """The close code that goes with the error frame of a refusal."""
+    return CLOSE_TOO_BIG if error_code == "FRM001" else CLOSE_POLICY
+
+
 class ProtocolError(Exception):
     def __init__(self, code: str, message: str | None = None) -> None:
         self.code = code

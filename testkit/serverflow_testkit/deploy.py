@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from serverflow_agent.config import ensure_state_dir
-from serverflow_agent.deploy.desired import document_hash
 from serverflow_agent.deploy.reconcile import Reconciler
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.state import AgentState
+from serverflow_contract.desired import document_hash
 
 
 def document(version: int, apps: list[dict[str, Any]], deployment: str | None = None) -> dict:

@@ -247,7 +247,7 @@ class ProtocolPeer:
     async def _fail(self, session: PeerSession, code: str, message: str) -> None:
         self.handshake_errors.append(f"{code}: {message}")
         await session.send(protocol.error_frame(code, message))
-        await session.ws.close(1008, code)
+        await session.ws.close(protocol.close_code(code), code)
 
     async def _handle(self, ws: ServerConnection) -> None:
         session = PeerSession(ws)

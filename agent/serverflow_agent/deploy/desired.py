@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serverflow_contract import naming, protocol
-from serverflow_contract.desired import document_hash
-
-__all__ = ["document_hash"]
 
 DEFAULT_KEEP_RELEASES = 5
 DEFAULT_HEALTH_TIMEOUT_S = 60.0

@@ -33,7 +33,6 @@ from serverflow_agent.deploy.desired import (
     AppSpec,
     DeployError,
     check_app_name,
-    document_hash,
     parse_app,
 )
 from serverflow_agent.deploy.detect import Plan, detect
@@ -45,6 +44,7 @@ from serverflow_agent.deploy.runtimes import load_runtimes
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.state import AgentState
 from serverflow_contract import naming
+from serverflow_contract.desired import document_hash
 from serverflow_contract.runtime import ReleaseProcess, Runtime, RuntimeFailure
 
 APPLY_BUDGET_S = 1700.0  # the action's timeout is 1800 s: leave time to answer

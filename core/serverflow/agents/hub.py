@@ -40,8 +40,6 @@ from serverflow_contract.protocol import Frame, ProtocolError
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-CLOSE_POLICY = 1008  # WebSocket close code: policy violation
-CLOSE_TOO_BIG = 1009
 
 
 class Transport(Protocol):
@@ -213,7 +211,7 @@ class AgentHub:
             previous = self.sessions.get(session.server_id)
             self.sessions[session.server_id] = session
             if previous is not None:
-                await self._close(previous, CLOSE_POLICY, "replaced by a newer connection")
+                await self._close(previous, protocol.CLOSE_POLICY, "replaced by a newer connection")
             writer = asyncio.create_task(self._write(session))
             if self.on_connect is not None:
                 self._spawn(self.on_connect(session.org_id, server))
@@ -246,7 +244,7 @@ class AgentHub:
         )
         try:
             await transport.send(protocol.error_frame(exc.code, exc.message).encode())
-            await transport.close(CLOSE_TOO_BIG if exc.code == "FRM001" else CLOSE_POLICY, exc.code)
+            await transport.close(protocol.close_code(exc.code), exc.code)
         except Exception:
             log.debug("could not send the error frame", exc_info=True)
 
@@ -694,7 +692,7 @@ class AgentHub:
                         session.server_id,
                         self.settings.offline_after_missed,
                     )
-                    await self._close(session, CLOSE_POLICY, "missed heartbeats")
+                    await self._close(session, protocol.CLOSE_POLICY, "missed heartbeats")
                     self._spawn(self._gone(session))
             ticks += 1
             if ticks % 30 == 0:
