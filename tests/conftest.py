@@ -77,6 +77,14 @@ class ControlPlaneUnderTest:
             tenant.tokens[role] = (await issue_token(org.id, f"{role}-token", role)).value
         return tenant
 
+    async def operator(self, tenant: Tenant) -> dict[str, str]:
+        """Make the tenant's owner an instance operator; headers of a token acting as one."""
+        await User.filter(id=tenant.owner.id).update(is_operator=True)
+        issued = await issue_token(
+            tenant.org.id, "operator-token", Role.OWNER, created_by=tenant.owner, operator=True
+        )
+        return {"Authorization": f"Bearer {issued.value}"}
+
     async def user(self, tenant: Tenant, role: Role) -> User:
         user = await create_user(f"{role}-{uuid.uuid4().hex[:8]}@{tenant.org.slug}.test", PASSWORD)
         await add_member(tenant.org, user, role)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tortoise.transactions import in_transaction
 
 from serverflow import audit
-from serverflow.models import AuditEntry, Role
+from serverflow.models import AuditEntry, InstanceAuditEntry, Role
 from serverflow.tenancy import is_postgres, scoped
 from serverflow.tokens import hash_token
 from serverflow_testkit.controlplane import cli_env
@@ -271,3 +272,56 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     broken = run_cli("audit", "verify", env=env, check=False)
     assert broken.returncode == 1
     assert "entry #2" in broken.stderr and "edited" in broken.stderr
+
+
+@BOTH_DATABASES
+async def test_the_instance_chain_is_append_only_checkable_and_pruned(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    for n in range(3):
+        await audit.append(audit.INSTANCE, audit.Record("cli:root", "operator.added", f"u{n}", {}))
+    assert (await audit.verify(audit.INSTANCE)).ok
+    for sql in ("UPDATE instance_audit_log SET outcome = 'x'", "DELETE FROM instance_audit_log"):
+        with pytest.raises(Exception, match="append-only"):
+            async with in_transaction() as conn:
+                await conn.execute_query(sql)
+    # Tampering (with the triggers lifted, as a database superuser could) is named.
+    victim = await InstanceAuditEntry.get(seq=2)
+    async with in_transaction() as conn:
+        if is_postgres(conn):
+            await conn.execute_query(
+                "ALTER TABLE instance_audit_log DISABLE TRIGGER instance_audit_log_append_only"
+            )
+        else:
+            await conn.execute_query('DROP TRIGGER "instance_audit_log_no_update"')
+        await conn.execute_query(
+            f"UPDATE instance_audit_log SET target = 'someone else' WHERE id = {victim.id}"
+        )
+        if is_postgres(conn):
+            await conn.execute_query(
+                "ALTER TABLE instance_audit_log ENABLE TRIGGER instance_audit_log_append_only"
+            )
+    verdict = await audit.verify(audit.INSTANCE)
+    assert not verdict.ok and verdict.broken_seq == 2
+    # Retention prunes it like an organisation's chain, leaving a marker.
+    assert await audit.prune(audit.INSTANCE, older_than_days=-1) == 3
+    assert [r.action for r in await InstanceAuditEntry.all()] == [audit.PRUNE_ACTION]
+    assert (await audit.verify(audit.INSTANCE)).ok
+
+
+async def test_numbers_canonical_json_cannot_hold_are_kept_as_text(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    # An MCP tool call may carry any JSON number; its entry must still be written.
+    tenant = await control_plane.tenant("Acme")
+    details = {"params": {"x": 10**30, "y": -(2**60), "z": float("inf"), "ok": 2**53 - 1}}
+    await audit.append(tenant.org.id, audit.Record("token:t", "mcp.run_action", "x", details))
+    async with scoped(tenant.org.id):
+        entry = (await audit.page(action="mcp.run_action"))[0]
+    assert entry.details["params"] == {
+        "x": str(10**30),
+        "y": str(-(2**60)),
+        "z": "inf",
+        "ok": 2**53 - 1,
+    }
+    assert (await audit.verify(tenant.org.id)).ok

@@ -25,6 +25,7 @@ async def _snapshot(tenant: Tenant) -> dict[str, object]:
     }
 
 
+JSON = "application/json"
 BAD_BODIES = [
     ("malformed JSON", b'{"name": "web-1",', "application/json", "VAL002", 400),
     ("wrong type", b'{"name": 42}', "application/json", "VAL001", 400),
@@ -39,6 +40,10 @@ BAD_BODIES = [
     ("invalid name", b'{"name": "Web 1!"}', "application/json", "VAL001", 400),
     ("not an object", b'["web-1"]', "application/json", "VAL001", 400),
     ("not JSON at all", b"name=web-1", "application/x-www-form-urlencoded", "VAL004", 400),
+    # I-JSON (RFC 7493): no number a double cannot hold (the audit log hashes each body).
+    ("integer beyond 2**53", b'{"name": "web-1", "n": 9007199254740992}', JSON, "VAL002", 400),
+    ("overflowing exponent", b'{"name": "web-1", "n": 1e400}', JSON, "VAL002", 400),
+    ("NaN", b'{"name": "web-1", "n": NaN}', JSON, "VAL002", 400),
 ]
 
 
@@ -100,6 +105,32 @@ async def test_oversized_body_is_refused(control_plane: ControlPlaneUnderTest) -
     assert response.status_code == 413
     assert (await response.get_json())["error"]["code"] == "VAL003"
     assert await _snapshot(tenant) == before
+
+
+@BOTH_DATABASES
+async def test_a_log_position_beyond_the_column_is_refused(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    """`after` is compared with a 32-bit column: past it SQLite overflowed (500)."""
+    tenant = await control_plane.tenant("Acme")
+    client = control_plane.client()
+    made = await client.post("/api/v1/servers", json={"name": "web-1"}, headers=tenant.auth())
+    assert made.status_code == 201
+    app = await client.post(
+        "/api/v1/apps",
+        json={"name": "shop", "repo": "https://git.example/shop.git", "servers": ["web-1"]},
+        headers=tenant.auth(),
+    )
+    assert app.status_code == 201, await app.get_data(as_text=True)
+    app_id = (await app.get_json())["id"]
+    deploy = await client.post(f"/api/v1/apps/{app_id}/deploy", json={}, headers=tenant.auth())
+    assert deploy.status_code == 202
+    dep_id = (await deploy.get_json())["deployments"][0]["id"]
+    for after, status in ((2**31 - 1, 200), (2**31, 400), (4816789795684362485760, 400)):
+        response = await client.get(
+            f"/api/v1/deployments/{dep_id}/logs?after={after}", headers=tenant.auth()
+        )
+        assert response.status_code == status, (after, await response.get_data(as_text=True))
 
 
 BAD_TOKENS = [

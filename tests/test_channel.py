@@ -521,7 +521,8 @@ async def test_control_plane_key_rotation(deployment: Deployment) -> None:
     serving = asyncio.create_task(online.serve())
     old_key = online.control_plane_key
     try:
-        deployment.cli("keys", "rotate")
+        # In a thread: a blocking call here would stop the agent's heartbeats meanwhile.
+        await asyncio.to_thread(deployment.cli, "keys", "rotate")
         await asyncio.to_thread(
             wait_for, lambda: online.control_plane_key != old_key, 10, "rotation announced"
         )

@@ -139,7 +139,7 @@ def _install_disable(market: Dashboard, browser: Browser) -> None:
     context = browser.new_context(locale="en-US")
     page = context.new_page()
     try:
-        market.sign_in(page, market.user("plugins@acme.test", "admin"))
+        market.sign_in(page, market.user("plugins@acme.test", "admin", operator=True))
         page.get_by_role("link", name="Plugins").click()
         row = page.locator('tr[data-catalog="hello-runtime"]')
         expect(row.locator("[data-field=installed]")).to_have_text("Not installed")
@@ -185,7 +185,7 @@ def _after_install(market: Dashboard) -> None:
     # The choice survives a restart; enabling brings the runtime back.
     restart(market)
     assert plugins_of(market)["hello_runtime"]["status"] == "disabled"
-    with market.http("admin") as http:
+    with market.http("operator") as http:
         enabled = http.post("/plugins/hello_runtime/enable")
     assert enabled.status_code == 200, enabled.text
     assert enabled.json()["plugin"]["provides"] == {"runtimes": ["hello"]}
@@ -194,7 +194,7 @@ def _after_install(market: Dashboard) -> None:
 
 
 def test_a_plugin_with_routes_needs_a_restart(market: Dashboard) -> None:
-    with market.http("admin") as http:
+    with market.http("operator") as http:
         installed = http.post("/plugins/install", json={"name": "hello-pages"}, timeout=300)
     assert installed.status_code == 201, installed.text
     body = installed.json()
@@ -207,7 +207,7 @@ def test_a_plugin_with_routes_needs_a_restart(market: Dashboard) -> None:
 
     restart(market)
     assert httpx.get(market.url + "/hello").json() == {"hello": "from a plugin"}
-    with market.http("admin") as http:
+    with market.http("operator") as http:
         assert http.post("/plugins/hello_pages/disable").status_code == 200
         gone = httpx.get(market.url + "/hello", headers={"Accept": "application/json"})
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "PLG001"
@@ -216,12 +216,13 @@ def test_a_plugin_with_routes_needs_a_restart(market: Dashboard) -> None:
 
 
 def test_what_install_refuses(market: Dashboard) -> None:
-    for role in ("viewer", "member"):
+    # Plugins are the instance's: an organisation's owner is not enough.
+    for role in ("viewer", "member", "admin", "owner"):
         with market.http(role) as http:
             denied = http.post("/plugins/install", json={"name": "hello-runtime"})
-            assert denied.status_code == 403 and denied.json()["error"]["code"] == "AUTH004"
+            assert denied.status_code == 403 and denied.json()["error"]["code"] == "AUTH007"
             assert http.post("/plugins/runtime_pm2/disable").status_code == 403
-    with market.http("admin") as http:
+    with market.http("operator") as http:
         unknown = http.post("/plugins/install", json={"name": "nope"})
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "PLG002"
         ghost = http.post("/plugins/install", json={"name": "ghost"}, timeout=300)
@@ -263,20 +264,21 @@ async def _create(cp: ControlPlaneUnderTest, tenant: Tenant, name: str) -> tuple
 async def test_disabling_a_plugin_removes_its_runtime_at_once(tmp_path: Path) -> None:
     async with in_process(tmp_path) as cp:
         tenant = await cp.tenant("Acme")
+        operator = await cp.operator(tenant)
         client = cp.client()
         assert (await _create(cp, tenant, "first"))[0] == 201
-        off = await client.post("/api/v1/plugins/runtime_pm2/disable", headers=tenant.auth())
+        off = await client.post("/api/v1/plugins/runtime_pm2/disable", headers=operator)
         assert (await off.get_json())["plugin"]["status"] == "disabled"
         status, body = await _create(cp, tenant, "second")
         assert status == 400 and body["error"]["code"] == "APP002"
-        on = await client.post("/api/v1/plugins/runtime_pm2/enable", headers=tenant.auth())
+        on = await client.post("/api/v1/plugins/runtime_pm2/enable", headers=operator)
         assert (await on.get_json())["plugin"]["provides"] == {"runtimes": ["pm2"]}
         assert (await _create(cp, tenant, "third"))[0] == 201
         events = await (await client.get("/api/v1/events", headers=tenant.auth())).get_json()
         kinds = [e["kind"] for e in events["events"]]
         assert kinds.count("plugin.disabled") == 1 and kinds.count("plugin.enabled") == 1
         disabled = next(e for e in events["events"] if e["kind"] == "plugin.disabled")
-        assert disabled["data"] == {"name": "runtime_pm2", "by": "token:owner-token"}
+        assert disabled["data"] == {"name": "runtime_pm2", "by": "token:operator-token"}
 
 
 async def test_saved_choices_apply_at_start(tmp_path: Path) -> None:
@@ -300,8 +302,9 @@ async def test_saved_choices_apply_at_start(tmp_path: Path) -> None:
 async def test_the_operators_disabled_list_wins(tmp_path: Path) -> None:
     async with in_process(tmp_path, disabled_plugins="runtime_pm2") as cp:
         tenant = await cp.tenant("Acme")
+        operator = await cp.operator(tenant)
         client = cp.client()
-        refused = await client.post("/api/v1/plugins/runtime_pm2/enable", headers=tenant.auth())
+        refused = await client.post("/api/v1/plugins/runtime_pm2/enable", headers=operator)
         assert refused.status_code == 409
         assert (await refused.get_json())["error"]["code"] == "PLG004"
         await sign_in(client, tenant.owner.email)

@@ -7,6 +7,7 @@ these functions, so what one side accepts the other accepts. Each returns the va
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
 RUNTIME_NAME = r"[a-z0-9]+(?:[_-][a-z0-9]+)*"
 RUNTIME_NAME_MAX = 40
 REPO_SCHEMES = ("https", "http", "ssh", "git", "file")
+SSH_ALIASES = ("git+ssh", "ssh+git")
 
 _APP_NAME = re.compile(APP_NAME)
 _RELEASE_ID = re.compile(RELEASE_ID)
@@ -44,8 +46,11 @@ _RUNTIME_NAME = re.compile(RUNTIME_NAME)
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _REMOTE_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
-# user@host:path (git reads it as ssh when no "/" comes before the ":")
-_SCP_LIKE = re.compile(r"(?:[A-Za-z0-9._~+-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:.+")
+# [user@]host:path, host also [IPv6] (git reads it as ssh when no "/" comes before the ":")
+_SCP_LIKE = re.compile(
+    r"(?:(?P<user>[A-Za-z0-9._~+-]+)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(?P<path>.+)"
+)
 _HEALTH_PATH = re.compile(r"/[\x21-\x7e]*")
 
 
@@ -178,7 +183,16 @@ def redact(url: str) -> str:
 
 
 def check_repo_url(url: Any) -> str:
-    """A repository URL git may be given: never an option, never a remote helper."""
+    """A repository URL git may be given: never an option, never a remote helper.
+
+    What git accepts of its URL forms: `https://` and `http://` (user, password, port and
+    an [IPv6] host allowed), `ssh://[user@]host[:port]/path`, `git://host[:port]/path`,
+    `file:///path`, scp-like `[user@]host:path` (host also `[IPv6]`), and an absolute path
+    on the server. Refused: anything git would read as an option (a URL, host, user or
+    scp-like path starting with '-'), `transport::address` remote helpers (ext::, fd::),
+    spaces and control characters. Returned stripped, the scheme lower-cased (git knows
+    `https`, not `HTTPS`).
+    """
     if not isinstance(url, str) or not url.strip():
         raise InvalidName("the repository URL is missing")
     url = url.strip()
@@ -195,18 +209,74 @@ def check_repo_url(url: Any) -> str:
         raise InvalidName("refused repository URL: it contains spaces or control characters")
     scheme = _SCHEME.match(url)
     if scheme:
-        if scheme.group(1).lower() not in REPO_SCHEMES:
+        name = scheme.group(1).lower()
+        if name in SSH_ALIASES:
+            raise InvalidName(
+                f"refused repository URL {redact(url)!r}: {name}:// is git's deprecated "
+                "spelling of ssh://; write ssh://"
+            )
+        if name not in REPO_SCHEMES:
             raise InvalidName(
                 f"refused repository URL {redact(url)!r}: the {scheme.group(1)}:// scheme is "
                 f"not supported (use {', '.join(s + '://' for s in REPO_SCHEMES)})"
             )
-        return url
-    if url.startswith("/") or _SCP_LIKE.fullmatch(url):
-        return url
-    raise InvalidName(
-        f"refused repository URL {redact(url)!r}: use an https:// or ssh:// URL, "
-        "user@host:path, or an absolute path on the server"
-    )
+        url = name + url[len(name) :]
+        problem = _url_problem(url, name)
+    elif url.startswith("/"):
+        return url  # a path on the server
+    elif scp := _SCP_LIKE.fullmatch(url):
+        problem = _scp_problem(scp)
+    else:
+        problem = "use an https:// or ssh:// URL, user@host:path, or an absolute path on the server"
+    if problem:
+        raise InvalidName(f"refused repository URL {redact(url)!r}: {problem}")
+    return url
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_problem(url: str, scheme: str) -> str | None:
+    """What is wrong with a scheme://... repository URL, if anything."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # unbalanced [ ], a port that is no number or out of range
+        return f"it is not a valid URL ({exc})"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host = parts.hostname or ""
+    if scheme == "file":
+        if host not in ("", "localhost"):
+            return "a file:// URL names a path on the server itself (file:///path)"
+        return None if parts.path else "it names no path"
+    if "@" in userinfo:
+        return "write an '@' in the user name as %40"
+    if not host:
+        return "it names no host"
+    if host.startswith("-") or (at and userinfo.startswith("-")):
+        return "a host or user name must not start with '-'"
+    if hostport.startswith("[") and not _is_ipv6(host):
+        return "the host in brackets is not an IPv6 address"
+    if port == 0:
+        return "port 0 is not a port"
+    if scheme in ("ssh", "git") and not parts.path:
+        return "it names no path on the host"
+    return None
+
+
+def _scp_problem(match: re.Match[str]) -> str | None:
+    """What is wrong with a scp-like [user@]host:path, if anything."""
+    host = match.group("host")
+    if host.startswith("[") and not _is_ipv6(host[1:-1]):
+        return "the host in brackets is not an IPv6 address"
+    if match.group("path").startswith("-"):
+        return "the path must not start with '-'"
+    return None
 
 
 def check_branch(branch: Any) -> str:

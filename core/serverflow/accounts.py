@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import email_validator
 from tortoise.exceptions import IntegrityError
 
 from serverflow.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -15,13 +16,31 @@ from serverflow.passwords import ahash_password, check_strength
 from serverflow.tenancy import scoped
 from serverflow.tokens import new_token
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+# ServerFlow is self-hosted and sends no mail (an address is a sign-in name), so the
+# special-use names email-validator refuses by default name real mailboxes here: .local
+# (the first admin is admin@serverflow.local), .test, localhost, home.arpa (RFC 8375),
+# .onion and .invalid (an account without a mailbox). Its documented way to allow them.
+ACCEPTED_SPECIAL_USE = ("local", "localhost", "test", "arpa", "onion", "invalid")
+for _name in ACCEPTED_SPECIAL_USE:
+    if _name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(_name)
 
 
 def normalize_email(email: str) -> str:
+    """An address as RFC 5321/6531 allow it (intranet and internationalised ones too),
+    lower-cased as users have always been stored and looked up at sign-in; else VAL001."""
     email = email.strip().lower()
-    if not EMAIL.match(email) or len(email) > 254:
-        raise InvalidInput(f"{email!r} is not an email address", code="VAL001")
+    try:
+        email_validator.validate_email(
+            email,
+            check_deliverability=False,  # no DNS: intranet domains, offline installs
+            globally_deliverable=False,  # dotless hosts (root@nas) and special-use names
+            allow_domain_literal=True,  # user@[192.0.2.1]
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise InvalidInput(
+            f"{email[:100]!r} is not an email address: {exc}", code="VAL001"
+        ) from None
     return email
 
 
@@ -85,6 +104,7 @@ async def issue_token(
     creator_role: Role | None = None,
     expires_in_days: int | None = None,
     allow_apply: bool = False,
+    operator: bool = False,
 ) -> IssuedToken:
     """Create a token; the caller must be inside `scoped(org_id)` or this opens one."""
     if creator_role is not None and not creator_role.allows(role):
@@ -103,6 +123,7 @@ async def issue_token(
             created_by_id=created_by.id if created_by else None,
             expires_at=expires,
             allow_apply=allow_apply,
+            operator=operator,
         )
     return IssuedToken(token=token, value=fresh.value)
 

@@ -16,9 +16,11 @@ from pydantic import Field
 from quart import Blueprint, Response, websocket
 from quart_schema import hide, validate_request
 
+from serverflow import audit
 from serverflow.agents.install import ws_url
 from serverflow.agents.wheels import agent_wheels
 from serverflow.api.schemas import Input
+from serverflow.auth import client_ip
 from serverflow.controlplane import current
 from serverflow.errors import AuthenticationRequired, NotFound
 from serverflow.events import record
@@ -61,12 +63,14 @@ class RegisterIn(Input):
     agent_version: str = Field(default="", max_length=40)
 
 
-def _bad_token() -> AuthenticationRequired:
-    return AuthenticationRequired(
-        "The install token is invalid, expired or already used; create a new one with "
-        "`serverflow servers install-token NAME`.",
-        code="INS001",
-    )
+class _BadToken(AuthenticationRequired):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "The install token is invalid, expired or already used; create a new one with "
+            "`serverflow servers install-token NAME`.",
+            code="INS001",
+        )
+        self.reason = reason  # for the audit log only: the caller learns nothing more
 
 
 @bp.post("/api/v1/agents/register")
@@ -74,27 +78,41 @@ def _bad_token() -> AuthenticationRequired:
 @validate_request(RegisterIn)
 async def register(data: RegisterIn) -> Response:
     """Trade a one-time install token for this server's identity (no user auth: the token is it)."""
+    try:
+        return await _register(data)
+    except _BadToken as refused:
+        # An install token nobody issued names no organisation we can trust: the instance's.
+        await current().refusals.note(
+            audit.INSTANCE,
+            "agent.registration_refused",
+            refused.code,
+            actor="anonymous",
+            source=client_ip(),
+            reason=refused.reason,
+            details={"hostname": data.hostname[:100]},
+        )
+        raise
+
+
+async def _register(data: RegisterIn) -> Response:
     cp = current()
     org_id = token_org(data.token, INSTALL_PREFIX)
     if org_id is None:
-        raise _bad_token()
+        raise _BadToken("malformed token")
     try:
         protocol.b64d(data.public_key)
     except ValueError:
-        raise _bad_token() from None
+        raise _BadToken("malformed public key") from None
     digest = hash_token(data.token)
     now = datetime.now(UTC)
     # Everything the answer needs is ready before the token is spent.
     control_plane_key = cp.hub.key.public_key
     async with scoped(org_id):
         server = await Server.get_or_none(install_token_hash=digest)
-        if (
-            server is None
-            or server.install_token_expires_at is None
-            or server.install_token_expires_at <= now
-            or not hmac.compare_digest(server.install_token_hash or "", digest)
-        ):
-            raise _bad_token()
+        if server is None or not hmac.compare_digest(server.install_token_hash or "", digest):
+            raise _BadToken("unknown or already used token")
+        if server.install_token_expires_at is None or server.install_token_expires_at <= now:
+            raise _BadToken("expired token")
         # Single use even under concurrency: only one UPDATE can match the hash.
         claimed = await Server.filter(id=server.id, install_token_hash=digest).update(
             install_token_hash=None,
@@ -105,12 +123,26 @@ async def register(data: RegisterIn) -> Response:
             agent_version=data.agent_version,
         )
         if claimed != 1:
-            raise _bad_token()
+            raise _BadToken("token used concurrently")
     log.info(
         "server %s (%s) registered its agent, key %s",
         server.name,
         server.id,
         protocol.key_id(data.public_key),
+    )
+    await audit.append(
+        org_id,
+        audit.Record(
+            actor=f"agent:{server.id}",
+            action="agent.registered",
+            target=f"server:{server.name}",
+            details={
+                "server_id": str(server.id),
+                "key_id": protocol.key_id(data.public_key),
+                "hostname": data.hostname,
+                "source": client_ip(),
+            },
+        ),
     )
     await record(
         cp.bus,

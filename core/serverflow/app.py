@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
 
 from quart import Quart
 from quart_auth import QuartAuth
 from quart_schema import QuartSchema
-from quart_schema.openapi import OpenAPIProvider
-from werkzeug.routing import Rule
 
 from serverflow import __version__, audit, db, marketplace, plans
+from serverflow.api.openapi import ApiOnlyOpenAPI
 from serverflow.controlplane import EXTENSION, ControlPlane
 from serverflow.errors import ConfigError
 from serverflow.http_errors import JsonRequest, refuse_oversized_body, register_error_handlers
@@ -24,13 +22,6 @@ from serverflow.settings import Settings, load_settings
 from serverflow_contract.tlspin import spki_pin
 
 log = logging.getLogger(__name__)
-
-
-class ApiOnlyOpenAPI(OpenAPIProvider):
-    """The OpenAPI document covers the REST API (core and plugins), not pages or assets."""
-
-    def generate_rules(self) -> Iterable[Rule]:
-        return (r for r in super().generate_rules() if r.rule.startswith("/api/"))
 
 
 def tls_pin(settings: Settings) -> str | None:
@@ -135,6 +126,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
         background.append(asyncio.create_task(audit.retention_loop(settings.audit_retention_days)))
         background.append(asyncio.create_task(plans.sweep_loop()))
+        background.append(asyncio.create_task(cp.refusals.run()))
         log.info(
             "serverflow %s ready on %s (database: %s)",
             __version__,
@@ -149,6 +141,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         await mcp.stop()
         await cp.deployer.stop()
         await cp.hub.stop()
+        await cp.refusals.flush()  # the repeats counted in the last minute
         await db.close_orm()
 
     return app

@@ -1,4 +1,6 @@
-"""The audit log: append-only and tamper-evident, one hash chain per organisation.
+"""The audit log: append-only and tamper-evident, one hash chain per organisation, and
+one for the instance (`INSTANCE`): what instance operators did, and security refusals that
+cannot be tied to an organisation.
 
 Every entry carries the hash of the previous one, so editing or deleting a row breaks the
 chain at that row (`serverflow audit verify` names it). Triggers refuse UPDATE and DELETE
@@ -11,17 +13,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from serverflow.models import AuditEntry, Organization
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+from serverflow.models import AuditEntry, InstanceAuditEntry, Organization
 from serverflow.tenancy import is_postgres, scoped
 from serverflow_contract import protocol
+
+# The id of the instance's chain. Organisations have random (version 4) ids: never this.
+INSTANCE = uuid.UUID(int=0)
 
 GENESIS = "0" * 64
 REDACTED = "********"
@@ -35,9 +45,30 @@ log = logging.getLogger(__name__)
 
 _locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+Entry = AuditEntry  # an InstanceAuditEntry has the same columns, but no organisation
+
+
+def _model(chain: uuid.UUID) -> type[AuditEntry]:
+    return cast(type[AuditEntry], InstanceAuditEntry) if chain == INSTANCE else AuditEntry
+
+
+def _transaction(chain: uuid.UUID) -> AbstractAsyncContextManager[BaseDBAsyncClient]:
+    """The instance chain belongs to no organisation; an organisation's is read in its scope."""
+    return in_transaction() if chain == INSTANCE else scoped(chain)
+
+
+def chain_name(chain: uuid.UUID) -> str:
+    return "instance" if chain == INSTANCE else str(chain)
+
+
+# The hash is over canonical JSON (RFC 8785), which holds only what an IEEE double can:
+# a number beyond that (a client may send one) is kept as its decimal text instead.
+SAFE_INTEGER = 2**53 - 1
+
 
 def redact(value: Any, key: str = "") -> Any:
-    """A copy of `value` with anything that looks secret replaced (by key name or form)."""
+    """A copy of `value` with anything that looks secret replaced (by key name or form),
+    and numbers canonical JSON cannot hold written as text."""
     secret_key = bool(key) and bool(SECRET_KEYS.search(key)) and not LABEL_KEYS.search(key)
     if secret_key and not isinstance(value, dict | list):
         return REDACTED
@@ -49,6 +80,10 @@ def redact(value: Any, key: str = "") -> Any:
         return [redact(v, key) for v in value]
     if isinstance(value, str) and re.match(r"^sfi?_[0-9a-f]{32}_", value):
         return REDACTED
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INTEGER:
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value
 
 
@@ -86,16 +121,18 @@ class Record:
     outcome: str = "ok"
 
 
-async def append(org_id: uuid.UUID, *records: Record) -> list[AuditEntry]:
-    """Append entries to the organisation's chain, in order, in one transaction."""
+async def append(org_id: uuid.UUID, *records: Record) -> list[Entry]:
+    """Append entries to the organisation's chain (or the instance's, `INSTANCE`), in
+    order, in one transaction."""
     if not records:
         return []
-    async with _locks[org_id], scoped(org_id) as conn:
+    model = _model(org_id)
+    async with _locks[org_id], _transaction(org_id) as conn:
         if is_postgres(conn):  # several control-plane instances: one writer per chain
             await conn.execute_query(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [str(org_id)]
             )
-        last = await AuditEntry.all().order_by("-seq").only("seq", "hash").first()
+        last = await model.all().order_by("-seq").only("seq", "hash").first()
         seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
         entries = []
         for record in records:
@@ -114,9 +151,10 @@ async def append(org_id: uuid.UUID, *records: Record) -> list[AuditEntry]:
                 record.outcome[:32],
                 prev,
             )
+            fields: dict[str, Any] = {} if org_id == INSTANCE else {"organization_id": org_id}
             entries.append(
-                AuditEntry(
-                    organization_id=org_id,
+                model(
+                    **fields,
                     seq=seq,
                     at=at,
                     actor=record.actor[:300],
@@ -129,7 +167,7 @@ async def append(org_id: uuid.UUID, *records: Record) -> list[AuditEntry]:
                 )
             )
             prev = digest
-        await AuditEntry.bulk_create(entries)
+        await model.bulk_create(entries)
     return entries
 
 
@@ -148,8 +186,8 @@ class Verdict:
 
 async def verify(org_id: uuid.UUID) -> Verdict:
     """Walk the chain; the first entry whose content, order or link does not check out."""
-    async with scoped(org_id):
-        rows = await AuditEntry.all().order_by("seq")
+    async with _transaction(org_id):
+        rows = await _model(org_id).all().order_by("seq")
     expected_seq, prev = 1, GENESIS
     if rows and rows[0].seq != 1:
         # Retention removed the oldest entries: the first remaining one must continue
@@ -201,8 +239,9 @@ async def verify(org_id: uuid.UUID) -> Verdict:
 
 
 async def verify_all(org_ids: Iterable[uuid.UUID] | None = None) -> list[Verdict]:
+    """Every chain given; by default the instance's and every organisation's."""
     if org_ids is None:
-        org_ids = [o.id for o in await Organization.all()]
+        org_ids = [INSTANCE, *(o.id for o in await Organization.all().order_by("created_at"))]
     return [await verify(org_id) for org_id in org_ids]
 
 
@@ -211,11 +250,12 @@ async def page(
     limit: int = 100,
     actor: str | None = None,
     action: str | None = None,
-) -> list[AuditEntry]:
-    """Entries of the current scope's organisation, newest first: those with a sequence
-    number below `before`, whose actor contains `actor` and whose action starts with
-    `action`."""
-    query = AuditEntry.all()
+    chain: uuid.UUID | None = None,
+) -> list[Entry]:
+    """Entries of the current scope's organisation (or of `chain`: `INSTANCE`), newest
+    first: those with a sequence number below `before`, whose actor contains `actor` and
+    whose action starts with `action`."""
+    query = _model(chain).all() if chain is not None else AuditEntry.all()
     if before is not None:
         query = query.filter(seq__lt=before)
     if actor:
@@ -226,8 +266,8 @@ async def page(
 
 
 async def export(org_id: uuid.UUID, since: datetime | None = None) -> AsyncIterator[dict[str, Any]]:
-    async with scoped(org_id):
-        query = AuditEntry.all().order_by("seq")
+    async with _transaction(org_id):
+        query = _model(org_id).all().order_by("seq")
         if since is not None:
             query = query.filter(at__gte=since)
         rows = await query
@@ -242,30 +282,29 @@ async def export(org_id: uuid.UUID, since: datetime | None = None) -> AsyncItera
             "outcome": row.outcome,
             "prev_hash": row.prev_hash,
             "hash": row.hash,
-            "organization_id": str(org_id),
+            "organization_id": chain_name(org_id),
         }
 
 
 async def prune(org_id: uuid.UUID, older_than_days: int) -> int:
     """Apply retention: drop entries older than the limit, leaving a marker entry."""
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
-    async with _locks[org_id], scoped(org_id) as conn:
-        old = await AuditEntry.filter(at__lt=cutoff).order_by("-seq").first()
+    model = _model(org_id)
+    table = model._meta.db_table
+    async with _locks[org_id], _transaction(org_id) as conn:
+        old = await model.filter(at__lt=cutoff).order_by("-seq").first()
         if old is None:
             return 0
-        count = await AuditEntry.filter(seq__lte=old.seq).count()
+        count = await model.filter(seq__lte=old.seq).count()
         if is_postgres(conn):
             await conn.execute_query("SELECT set_config('app.audit_prune', 'on', true)")
-            await AuditEntry.filter(seq__lte=old.seq).delete()
+            await model.filter(seq__lte=old.seq).delete()
         else:  # SQLite has no session settings: lift the trigger inside this transaction
-            await conn.execute_query('DROP TRIGGER IF EXISTS "audit_log_no_delete"')
+            await conn.execute_query(f'DROP TRIGGER IF EXISTS "{table}_no_delete"')
+            await model.filter(seq__lte=old.seq).delete()
             await conn.execute_query(
-                'DELETE FROM "audit_log" WHERE "organization_id" = ? AND "seq" <= ?',
-                [str(org_id), int(old.seq)],
-            )
-            await conn.execute_query(
-                'CREATE TRIGGER "audit_log_no_delete" BEFORE DELETE ON "audit_log" '
-                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+                f'CREATE TRIGGER "{table}_no_delete" BEFORE DELETE ON "{table}" '
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
             )
     await append(
         org_id,
@@ -288,10 +327,12 @@ async def retention_loop(days: int, every_s: float = 6 * 3600) -> None:
     """Prune every organisation's log to the retention period, now and then."""
     while True:
         try:
-            for org in await Organization.all():
-                removed = await prune(org.id, days)
+            for org_id in [INSTANCE, *(o.id for o in await Organization.all())]:
+                removed = await prune(org_id, days)
                 if removed:
-                    log.info("audit retention: removed %d entries of %s", removed, org.slug)
+                    log.info(
+                        "audit retention: removed %d entries of %s", removed, chain_name(org_id)
+                    )
         except Exception:
             log.exception("audit retention failed")
         await asyncio.sleep(every_s)

@@ -46,9 +46,19 @@ class Principal:
     user_id: uuid.UUID | None = None
     token_id: uuid.UUID | None = None
     label: str = ""
+    # An instance operator: may manage what all organisations share (plugins...).
+    operator: bool = False
 
     def can(self, needed: Role) -> bool:
         return self.role.allows(needed)
+
+
+def operator_needed() -> PermissionDenied:
+    return PermissionDenied(
+        "Only an instance operator can do this: it changes the instance for every "
+        "organisation (an instance operator adds you with `serverflow operators add`).",
+        code="AUTH007",
+    )
 
 
 def bad_token() -> AuthenticationRequired:
@@ -73,6 +83,9 @@ async def _from_token(raw: str) -> Principal:
             raise bad_token()
         if token.last_used_at is None or now - token.last_used_at > TOKEN_TOUCH_INTERVAL:
             await ApiToken.filter(id=token.id).update(last_used_at=now)
+    operator = token.operator
+    if operator and token.created_by_id is not None:  # only while its creator still is one
+        operator = await User.filter(id=token.created_by_id, is_operator=True).exists()
     return Principal(
         "token",
         org_id,
@@ -80,6 +93,7 @@ async def _from_token(raw: str) -> Principal:
         user_id=token.created_by_id,
         token_id=token.id,
         label=f"token:{token.name}",
+        operator=operator,
     )
 
 
@@ -123,7 +137,12 @@ async def _from_session() -> Principal:
     sess, user = found
     chosen = await session_membership(sess, user)
     return Principal(
-        "session", chosen.organization_id, chosen.role, user_id=user.id, label=user.email
+        "session",
+        chosen.organization_id,
+        chosen.role,
+        user_id=user.id,
+        label=user.email,
+        operator=user.is_operator,
     )
 
 
@@ -144,12 +163,13 @@ async def authenticate() -> Principal:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def requires(role: Role, atomic: bool = True) -> Callable[[F], F]:
+def requires(role: Role, atomic: bool = True, operator: bool = False) -> Callable[[F], F]:
     """Authenticate, require at least `role`, and run the handler in the caller's tenant scope.
 
     With `atomic=False` the handler runs outside any transaction and opens short
     `scoped()` blocks itself: for handlers that wait on an agent, so no database lock is
-    held while they wait.
+    held while they wait. With `operator=True` the caller must be an instance operator,
+    and the change (or its refusal) is audited in the instance chain.
     """
 
     def decorator(func: F) -> F:
@@ -157,11 +177,11 @@ def requires(role: Role, atomic: bool = True) -> Callable[[F], F]:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             principal = await authenticate()
             if request.method not in UNSAFE_METHODS:
-                _check_role(principal, role)
+                _check_role(principal, role, operator)
                 return await _call(func, principal, atomic, args, kwargs)
             outcome = "INT001"
             try:
-                _check_role(principal, role)
+                _check_role(principal, role, operator)
                 result = await _call(func, principal, atomic, args, kwargs)
                 outcome = "ok"
                 return result
@@ -170,14 +190,16 @@ def requires(role: Role, atomic: bool = True) -> Callable[[F], F]:
                 raise
             finally:
                 # After the handler's transaction: a refused change is audited too.
-                await audit_request(principal, outcome)
+                await audit_request(principal, outcome, instance=operator)
 
         return wrapper  # type: ignore[return-value]
 
     return decorator
 
 
-def _check_role(principal: Principal, role: Role) -> None:
+def _check_role(principal: Principal, role: Role, operator: bool = False) -> None:
+    if operator and not principal.operator:
+        raise operator_needed()
     if not principal.can(role):
         raise PermissionDenied(
             f"This needs the {role} role; you are {principal.role}.", code="AUTH004"
@@ -201,16 +223,20 @@ def actor(principal: Principal) -> str:
     return principal.label if principal.kind == "token" else f"user:{principal.label}"
 
 
-async def audit_request(principal: Principal, outcome: str) -> None:
-    """Every API call that changes something, who made it, and how it ended."""
+async def audit_request(principal: Principal, outcome: str, instance: bool = False) -> None:
+    """Every API call that changes something, who made it, and how it ended; in the
+    instance chain (`instance=True`) for what changes the instance."""
     from serverflow import audit
 
     body = await request.get_json(silent=True) if request.is_json else None
     details: dict[str, Any] = {"body": body} if body is not None else {}
     if request.view_args:
         details["path_args"] = dict(request.view_args)
+    details["source"] = client_ip()
+    if instance:
+        details["organization_id"] = str(principal.org_id)
     await audit.append(
-        principal.org_id,
+        audit.INSTANCE if instance else principal.org_id,
         audit.Record(
             actor=actor(principal),
             action=str(request.endpoint or "api"),
@@ -245,16 +271,28 @@ async def check_password(email: str, password_hash: str | None, password: str) -
     email, ip, now = email[:254], client_ip(), cp.clock()
     try:
         await login_throttle.check(email, ip, cp.settings, now)
-    except TooManyRequests:
+    except TooManyRequests as exc:
         log.warning("sign-in throttled for %s from %s", email, ip, extra={"code": "AUTH005"})
+        await _sign_in_refused(email, ip, "auth.sign_in_throttled", exc.code)
         raise
     await login_throttle.record(email, ip, now)
     if await averify_password(password_hash, password):
         await login_throttle.clear(email, ip)
         return True
     log.warning("failed sign-in for %s from %s", email, ip, extra={"code": "AUTH003"})
+    await _sign_in_refused(email, ip, "auth.sign_in_failed", "AUTH003")
     await login_throttle.forget_old(cp.settings, now)
     return False
+
+
+async def _sign_in_refused(email: str, ip: str, action: str, code: str) -> None:
+    # Accounts belong to the instance (a person may be in several organisations, or the
+    # address may be nobody's): sign-in refusals go to the instance chain.
+    from serverflow import audit
+
+    await current().refusals.note(
+        audit.INSTANCE, action, code, actor=f"user:{email}", source=ip, target=f"user:{email}"
+    )
 
 
 async def sign_in(email: str, password: str) -> User:

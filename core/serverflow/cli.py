@@ -89,6 +89,7 @@ async def _first_admin(settings: Settings) -> tuple[str, str] | None:
         org = await create_organization("Default")
         user = await create_user(email, password, name="Admin")
         await add_member(org, user, Role.OWNER)
+        await User.filter(id=user.id).update(is_operator=True)  # manages plugins too
         return email, password
 
     return await _with_db(settings, body, migrate=False)
@@ -224,6 +225,63 @@ async def users_set_password(email: str, password_stdin: bool) -> None:
         click.echo(f"new password (shown once): {password}")
 
 
+def _cli_actor() -> str:
+    """Who ran a local command, for the audit log: the host account (it has the database)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@main.group()
+def operators() -> None:
+    """Instance operators: who manages plugins and the marketplace for every organisation."""
+
+
+@operators.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def operators_list(as_json: bool) -> None:
+    """List the instance operators."""
+    from serverflow import operators as ops
+
+    async def body() -> list[dict[str, Any]]:
+        return [{"email": u.email, "name": u.name} for u in await ops.list_operators()]
+
+    rows = await _with_db(_settings(), body)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(row["email"])
+    if not rows:
+        click.echo("no instance operators: add one with `serverflow operators add EMAIL`")
+
+
+@operators.command("add")
+@click.argument("email")
+@run_async
+async def operators_add(email: str) -> None:
+    """Make an existing user an instance operator (audited in the instance chain)."""
+    from serverflow import operators as ops
+
+    user = await _with_db(_settings(), lambda: ops.add(email, _cli_actor()))
+    click.echo(f"{user.email} is an instance operator")
+
+
+@operators.command("remove")
+@click.argument("email")
+@run_async
+async def operators_remove(email: str) -> None:
+    """Withdraw a user's instance-operator role (never the last operator's)."""
+    from serverflow import operators as ops
+
+    user = await _with_db(_settings(), lambda: ops.remove(email, _cli_actor()))
+    click.echo(f"{user.email} is not an instance operator")
+
+
 @main.group()
 def tokens() -> None:
     """Manage API tokens."""
@@ -243,6 +301,7 @@ def tokens() -> None:
     is_flag=True,
     help="MCP: let an assistant using it apply the changes it planned.",
 )
+@click.option("--operator", is_flag=True, help="Also act as an instance operator (manage plugins).")
 @click.option("--json", "as_json", is_flag=True)
 @run_async
 async def tokens_create(
@@ -251,6 +310,7 @@ async def tokens_create(
     role: str,
     expires_in_days: int | None,
     allow_apply: bool,
+    operator: bool,
     as_json: bool,
 ) -> None:
     """Create an API token; its value is printed once and stored only as a hash."""
@@ -261,12 +321,30 @@ async def tokens_create(
     async def body() -> dict[str, Any]:
         org = await get_org(org_ref)
         issued = await issue_token(
-            org.id, name, Role(role), expires_in_days=expires_in_days, allow_apply=allow_apply
+            org.id,
+            name,
+            Role(role),
+            expires_in_days=expires_in_days,
+            allow_apply=allow_apply,
+            operator=operator,
         )
+        if operator:
+            from serverflow import audit
+
+            await audit.append(
+                audit.INSTANCE,
+                audit.Record(
+                    _cli_actor(),
+                    "token.operator_created",
+                    f"token:{issued.token.id}",
+                    {"token_id": str(issued.token.id), "token_name": name, "org": org.slug},
+                ),
+            )
         return {
             "id": str(issued.token.id),
             "name": name,
             "role": role,
+            "operator": operator,
             "organization": org.slug,
             "token": issued.value,
         }
@@ -728,7 +806,13 @@ def audit_group() -> None:
 
 
 @audit_group.command("verify")
-@click.option("--org", "org_ref", default=None, help="Organisation slug or id (default: all).")
+@click.option(
+    "--org",
+    "org_ref",
+    default=None,
+    help="Organisation slug or id, or `instance` (default: the instance's chain and every "
+    "organisation's).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @run_async
 async def audit_verify(org_ref: str | None, as_json: bool) -> None:
@@ -737,6 +821,8 @@ async def audit_verify(org_ref: str | None, as_json: bool) -> None:
     from serverflow.accounts import get_org
 
     async def body() -> list[Any]:
+        if org_ref == "instance":
+            return await audit.verify_all([audit.INSTANCE])
         orgs = [(await get_org(org_ref)).id] if org_ref else None
         return await audit.verify_all(orgs)
 
@@ -746,7 +832,7 @@ async def audit_verify(org_ref: str | None, as_json: bool) -> None:
             json.dumps(
                 [
                     {
-                        "organization_id": str(v.org_id),
+                        "organization_id": audit.chain_name(v.org_id),
                         "entries": v.entries,
                         "ok": v.ok,
                         "broken_seq": v.broken_seq,
@@ -759,10 +845,10 @@ async def audit_verify(org_ref: str | None, as_json: bool) -> None:
         )
     for verdict in verdicts:
         if verdict.ok and not as_json:
-            click.echo(f"ok      {verdict.org_id}: {verdict.entries} entries")
+            click.echo(f"ok      {audit.chain_name(verdict.org_id)}: {verdict.entries} entries")
         elif not verdict.ok:
             click.echo(
-                f"BROKEN  {verdict.org_id}: entry #{verdict.broken_seq} "
+                f"BROKEN  {audit.chain_name(verdict.org_id)}: entry #{verdict.broken_seq} "
                 f"(row id {verdict.broken_id}): {verdict.problem}",
                 err=True,
             )
@@ -771,7 +857,9 @@ async def audit_verify(org_ref: str | None, as_json: bool) -> None:
 
 
 @audit_group.command("export")
-@click.option("--org", "org_ref", default="default", show_default=True)
+@click.option(
+    "--org", "org_ref", default="default", show_default=True, help="Slug or id, or `instance`."
+)
 @click.option("--since", default=None, help="ISO date or datetime, e.g. 2026-11-01.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-")
 @run_async
@@ -791,8 +879,8 @@ async def audit_export(org_ref: str, since: str | None, output: str) -> None:
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
 
     async def body() -> list[dict[str, Any]]:
-        org = await get_org(org_ref)
-        return [row async for row in audit.export(org.id, start)]
+        chain = audit.INSTANCE if org_ref == "instance" else (await get_org(org_ref)).id
+        return [row async for row in audit.export(chain, start)]
 
     rows = await _with_db(_settings(), body)
     with click.open_file(output, "w") as out:

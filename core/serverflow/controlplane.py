@@ -14,6 +14,7 @@ from serverflow.events import EventBus
 from serverflow.keys import AppKeys
 from serverflow.plugins import Plugins
 from serverflow.ratelimit import RateLimiter
+from serverflow.refusals import RefusalLog
 from serverflow.settings import Settings
 
 EXTENSION = "serverflow"
@@ -37,11 +38,14 @@ class ControlPlane:
 
     api_limit: RateLimiter = field(init=False)
     mcp_limit: RateLimiter = field(init=False)
+    # Security refusals, into the audit log at a bounded rate.
+    refusals: RefusalLog = field(init=False)
 
     def __post_init__(self) -> None:
+        self.refusals = RefusalLog(window_s=self.settings.audit_refusal_window_s)
         self.api_limit = RateLimiter(self.settings.api_rate_per_minute)
         self.mcp_limit = RateLimiter(self.settings.mcp_rate_per_minute)
-        self.hub = AgentHub(self.settings, self.keys.cipher, self.bus)
+        self.hub = AgentHub(self.settings, self.keys.cipher, self.bus, refusals=self.refusals)
         self.deployer = Deployer(self.hub, self.bus, self.keys.cipher)
 
 

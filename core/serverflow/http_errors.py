@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qsl
@@ -40,7 +42,7 @@ def parse_json(body: bytes) -> Any:
             code="VAL002",
         ) from None
     try:
-        value = pydantic_core.from_json(text)
+        value = pydantic_core.from_json(text, allow_inf_nan=False)  # RFC 8259: no NaN
     except ValueError as exc:
         raise InvalidInput(f"The request body is not valid JSON: {exc}", code="VAL002") from None
     # JSON can only carry NUL escaped, and PostgreSQL text cannot store it: refused here so
@@ -50,7 +52,35 @@ def parse_json(body: bytes) -> Any:
             "The request body holds a NUL character (\\u0000), which no field accepts.",
             code="VAL002",
         )
+    # I-JSON (RFC 7493): numbers a double holds exactly. The audit log hashes each body
+    # in RFC 8785's canonical form, which has none for others (nor does any field take
+    # them); an overflowing exponent (1e400) would be infinity.
+    if _MAYBE_UNSAFE_NUMBER.search(text) and _holds_unsafe_number(value):
+        raise InvalidInput(
+            f"The request body holds a number beyond ±{SAFE_INTEGER} or too large for a "
+            "double (I-JSON, RFC 7493); send such a value as a string.",
+            code="VAL002",
+        )
     return value
+
+
+SAFE_INTEGER = 2**53 - 1
+# Sixteen digits in a row, or an exponent: the only ways to write an unsafe number.
+_MAYBE_UNSAFE_NUMBER = re.compile(r"[0-9]{16}|[0-9][eE]")
+
+
+def _holds_unsafe_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > SAFE_INTEGER
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_unsafe_number(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_unsafe_number(item) for item in value)
+    return False
 
 
 def _holds_nul(value: Any) -> bool:
@@ -194,7 +224,42 @@ def _wants_json() -> bool:
     )
 
 
+# Refusals audited here, where every answer passes (the others are audited where they
+# happen): unknown or revoked tokens, missing CSRF tokens, rate limits.
+AUDITED_REFUSALS = {
+    "AUTH002": "auth.token_refused",
+    "AUTH006": "auth.csrf_refused",
+    "RATE001": "api.rate_limited",
+}
+
+
+async def _audit_refusal(error: ServerFlowError) -> None:
+    action = AUDITED_REFUSALS.get(error.code)
+    if action is None:
+        return
+    from serverflow import audit
+    from serverflow.auth import actor, client_ip
+    from serverflow.controlplane import current
+
+    principal, viewer = g.get("principal"), g.get("sf_viewer")  # API caller, dashboard user
+    if principal is not None:
+        chain, who = principal.org_id, actor(principal)
+    elif viewer is not None:
+        chain, who = viewer.org.id, f"user:{viewer.user.email}"
+    else:
+        chain, who = audit.INSTANCE, "anonymous"
+    await current().refusals.note(
+        chain,
+        action,
+        error.code,
+        actor=who,
+        source=client_ip(),
+        target=f"{request.method} {request.path}"[:500],
+    )
+
+
 async def _respond(error: ServerFlowError) -> Response:
+    await _audit_refusal(error)
     level = logging.ERROR if error.status >= 500 else logging.WARNING
     log.log(
         level,

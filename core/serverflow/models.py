@@ -49,6 +49,9 @@ class User(Model):
     name = fields.CharField(max_length=100, default="")
     password_hash = fields.CharField(max_length=255)
     is_active = fields.BooleanField(default=True)
+    # An instance operator manages what is shared by every organisation (plugins, the
+    # marketplace): a role above organisations, held by the person, not a membership.
+    is_operator = fields.BooleanField(default=False)
     locale = fields.CharField(max_length=16, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     last_login_at = fields.DatetimeField(null=True)
@@ -137,6 +140,8 @@ class ApiToken(TenantModel):
     prefix = fields.CharField(max_length=16)
     # MCP: may an assistant using this token apply the changes it planned (dry runs)?
     allow_apply = fields.BooleanField(default=False)
+    # Acts as an instance operator too (while its creator, if any, still is one).
+    operator = fields.BooleanField(default=False)
     created_by: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
         "models.User", related_name=False, null=True, on_delete=fields.SET_NULL
     )
@@ -425,6 +430,25 @@ class AuditEntry(TenantModel):
         table = "audit_log"
         unique_together = (("organization", "seq"),)
         manager = TenantManager()
+
+
+class InstanceAuditEntry(Model):
+    """One entry of the instance's own chain: what instance operators did, and refusals
+    that cannot be tied to an organisation (unknown agents, forged install tokens...)."""
+
+    id = fields.BigIntField(primary_key=True)
+    seq = fields.BigIntField(unique=True)  # 1, 2, 3... no gaps
+    at = fields.DatetimeField()
+    actor = fields.CharField(max_length=300)
+    action = fields.CharField(max_length=100)
+    target = fields.CharField(max_length=500)
+    details: Any = fields.JSONField(default=dict)  # secrets redacted
+    outcome = fields.CharField(max_length=32)
+    prev_hash = fields.CharField(max_length=64)
+    hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "instance_audit_log"
 
 
 class PlanStatus(enum.StrEnum):

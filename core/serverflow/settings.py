@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
     audit_retention_days: int = Field(default=365, ge=1)
+    # Security refusals of one kind are written once per window, then as a count.
+    audit_refusal_window_s: float = Field(default=60, gt=0, le=3600)
     api_rate_per_minute: int = Field(default=600, ge=1)
     mcp_rate_per_minute: int = Field(default=120, ge=1)
     plan_expiry_seconds: int = Field(default=900, ge=1)  # MCP dry runs not applied in time

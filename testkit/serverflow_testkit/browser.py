@@ -76,8 +76,9 @@ class Dashboard:
         self.url = dep.url
         self.agents: list[RealAgent] = []
 
-    def user(self, email: str, role: str) -> str:
-        """Create a user of Acme through the CLI; returns the email."""
+    def user(self, email: str, role: str, operator: bool = False) -> str:
+        """Create a user of Acme through the CLI (an instance operator too, if asked);
+        returns the email."""
         run_cli(
             "users",
             "create",
@@ -90,6 +91,8 @@ class Dashboard:
             env=self.dep.cp.env,
             input=PASSWORD + "\n",
         )
+        if operator:
+            run_cli("operators", "add", email, env=self.dep.cp.env)
         return email
 
     def sign_in(self, page: Page, email: str) -> None:

@@ -131,16 +131,20 @@ def bootstrap(
     org: str = "Acme",
     ca_file: Path | None = None,
 ) -> Deployment:
-    """Migrate, create an owner and a token per role, start `serverflow up`."""
+    """Migrate, create an owner (an instance operator too, as the first admin of
+    `serverflow up` is) and a token per role, plus an "operator" token (an owner that also
+    acts as an instance operator), start `serverflow up`."""
     import json
 
     cli = cli_env(data_dir, **(env or {}))
     slug = org.lower()
     run_cli("users", "create", f"owner@{slug}.test", "--new-org", org, "--role", "owner", env=cli)
+    run_cli("operators", "add", f"owner@{slug}.test", env=cli)
     tokens = {}
-    for role in ("owner", "admin", "member", "viewer"):
+    for role in ("owner", "admin", "member", "viewer", "operator"):
+        flags = ["--role", "owner", "--operator"] if role == "operator" else ["--role", role]
         out = run_cli(
-            "tokens", "create", "--org", slug, "--name", role, "--role", role, "--json", env=cli
+            "tokens", "create", "--org", slug, "--name", role, *flags, "--json", env=cli
         ).stdout
         tokens[role] = json.loads(out)["token"]
     return Deployment(ControlPlaneProcess(data_dir, env=env, ca_file=ca_file).start(), tokens)

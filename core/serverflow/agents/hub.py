@@ -32,6 +32,7 @@ from serverflow.models import (
     Server,
     ServerStatus,
 )
+from serverflow.refusals import RefusalLog
 from serverflow.settings import Settings
 from serverflow.tenancy import scoped
 from serverflow_contract import protocol
@@ -48,6 +49,27 @@ class Transport(Protocol):
     async def receive(self) -> str | bytes: ...
     async def send(self, data: str) -> None: ...
     async def close(self, code: int, reason: str = "") -> None: ...
+
+
+# Refusals an agent reports that say someone sent it a command it must not run.
+AGENT_SECURITY_REFUSALS = frozenset(
+    {"SIG001", "CMD002", "CMD003", "CMD004", "CMD005", "CMD007", "CMD009"}
+)
+
+
+def remote_address(transport: Transport) -> str:
+    """The peer's address as the ASGI server saw it (Quart's websocket has it)."""
+    return str(getattr(transport, "remote_addr", None) or "unknown")[:64]
+
+
+@dataclass
+class _Claim:
+    """Who a connecting peer says it is, once the server it names is found."""
+
+    org_id: uuid.UUID | None = None
+    server_id: uuid.UUID | None = None
+    claimed: str = ""  # "ORG/SERVER" as the hello said, checked or not
+    during_session: bool = False
 
 
 @dataclass(eq=False)
@@ -113,10 +135,17 @@ class _Beat:
 
 
 class AgentHub:
-    def __init__(self, settings: Settings, cipher: Cipher, bus: EventBus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cipher: Cipher,
+        bus: EventBus,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self.settings = settings
         self.cipher = cipher
         self.bus = bus
+        self.refusals = refusals or RefusalLog()
         self.sessions: dict[uuid.UUID, AgentSession] = {}
         self._waiters: dict[str, asyncio.Future[Reply]] = {}
         self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
@@ -179,13 +208,16 @@ class AgentHub:
         writes run in their own tasks (a cancelled caller never leaves them half done) and
         `_gone`, which always runs, waits for them before deciding about presence.
         """
+        claim = _Claim()
         try:
-            hello, auth = await asyncio.wait_for(self._handshake(transport), HANDSHAKE_TIMEOUT)
+            hello, auth = await asyncio.wait_for(
+                self._handshake(transport, claim), HANDSHAKE_TIMEOUT
+            )
         except TimeoutError:
-            await self._refuse(transport, ProtocolError("AUT004"))
+            await self._refuse(transport, ProtocolError("AUT004"), claim)
             return
         except ProtocolError as exc:
-            await self._refuse(transport, exc)
+            await self._refuse(transport, exc, claim)
             return
         session = AgentSession(
             server_id=uuid.UUID(hello["server_id"]),
@@ -227,7 +259,8 @@ class AgentHub:
                 exc.message,
                 extra={"code": exc.code},
             )
-            await self._refuse(transport, exc)
+            claim.during_session = True
+            await self._refuse(transport, exc, claim)
         finally:
             if writer is not None:
                 writer.cancel()
@@ -238,9 +271,19 @@ class AgentHub:
                     waiter.cancel()
             self._spawn(self._gone(session))
 
-    async def _refuse(self, transport: Transport, exc: ProtocolError) -> None:
+    async def _refuse(self, transport: Transport, exc: ProtocolError, claim: _Claim) -> None:
         log.warning(
             "agent connection refused: %s %s", exc.code, exc.message, extra={"code": exc.code}
+        )
+        await self.refusals.note(
+            claim.org_id or audit.INSTANCE,
+            "agent.session_closed" if claim.during_session else "agent.handshake_refused",
+            exc.code,
+            actor=f"agent:{claim.server_id or 'unknown'}",
+            source=remote_address(transport),
+            target=f"server:{claim.server_id}" if claim.server_id else "",
+            reason=exc.message,
+            details={"claimed": claim.claimed},
         )
         try:
             await transport.send(protocol.error_frame(exc.code, exc.message).encode())
@@ -267,11 +310,15 @@ class AgentHub:
             raise ProtocolError("FRM005", f"expected {expected}, got {frame.type}")
         return frame
 
-    async def _handshake(self, transport: Transport) -> tuple[dict[str, Any], dict[str, Any]]:
-        """hello → [key_rotation*] → challenge → auth; returns the verified hello and auth."""
+    async def _handshake(
+        self, transport: Transport, claim: _Claim
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """hello → [key_rotation*] → challenge → auth; returns the verified hello and auth.
+        `claim` learns which server the peer claims to be, once that server is found."""
         hello = (await self._receive(transport, "hello")).body
         if hello["protocol"] != protocol.PROTOCOL_VERSION:
             raise ProtocolError("AUT005", f"protocol {hello['protocol']} is not supported")
+        claim.claimed = f"{hello['org_id']}/{hello['server_id']}"[:100]
         try:
             org_id, server_id = uuid.UUID(hello["org_id"]), uuid.UUID(hello["server_id"])
         except ValueError:
@@ -280,6 +327,7 @@ class AgentHub:
             server = await Server.get_or_none(id=server_id)
         if server is None or not server.agent_public_key:
             raise ProtocolError("AUT001")
+        claim.org_id, claim.server_id = org_id, server_id
         if hello["public_key"] != server.agent_public_key:
             raise ProtocolError("AUT002")
         key = self.key
@@ -422,6 +470,19 @@ class AgentHub:
     async def _result(self, session: AgentSession, frame: Frame) -> None:
         body = frame.body
         command_id = body["command_id"]
+        if body["status"] == "refused" and body.get("code") in AGENT_SECURITY_REFUSALS:
+            # The agent refused a command it was sent: a forged, replayed, stale or
+            # misaddressed one, or an action its signed registry does not allow.
+            await self.refusals.note(
+                session.org_id,
+                "agent.command_refused",
+                str(body["code"]),
+                actor=f"agent:{session.server_id}",
+                source=remote_address(session.transport),
+                target=f"server:{session.server_id}",
+                reason=str(body.get("message") or ""),
+                details={"command_id": str(command_id)[:64]},
+            )
         waiter = self._waiters.get(command_id)
         if waiter is not None and command_id in session.pending:
             if not waiter.done():  # the issuing coroutine stores it, batched with its peers
@@ -446,6 +507,16 @@ class AgentHub:
         if not updated:
             log.warning(
                 "agent %s reported a result for unknown command %s", session.server_id, command_id
+            )
+            await self.refusals.note(
+                session.org_id,
+                "agent.result_refused",
+                "CMD404",
+                actor=f"agent:{session.server_id}",
+                source=remote_address(session.transport),
+                target=f"server:{session.server_id}",
+                reason="no such command is waiting",
+                details={"command_id": command_id},
             )
 
     async def _agent_key(self, session: AgentSession, body: dict[str, Any]) -> None:

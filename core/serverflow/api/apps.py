@@ -11,10 +11,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from quart import Response, request
-from quart_schema import hide, validate_querystring, validate_request, validate_response
+from quart_schema import (
+    document_response,
+    hide,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
 
 from serverflow import audit
 from serverflow.api import bp
+from serverflow.api.openapi import answers
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.apps import (
     AppIn,
@@ -132,9 +139,32 @@ class LogList(Output):
     lines: list[LogLine]
 
 
+# One event of a followed log: a "log" event per line, then the deployment's "status".
+LOG_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["log", "status"]},
+        "id": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/LogLine"},
+                    {"$ref": "#/components/schemas/DeploymentOut"},
+                ]
+            },
+        },
+    },
+    "required": ["event", "data"],
+}
+
+
 class LogQuery(BaseModel):
     follow: bool = False
-    after: int = Field(default=0, ge=0)
+    # DeploymentLog.seq is a 32-bit column: a larger number is no line, and no database
+    # takes it as a parameter (SQLite overflows, PostgreSQL refuses it for an int4).
+    after: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class WebhookOut(BaseModel):
@@ -197,6 +227,7 @@ async def list_apps() -> AppList:
 @requires(Role.MEMBER)
 @validate_request(AppIn)
 @validate_response(AppOut, 201)
+@validate_response(ErrorOut, 404)  # a server it names
 @validate_response(ErrorOut, 409)
 async def create_app_(data: AppIn) -> tuple[AppOut, int]:
     """Create an app on one or more servers (nothing is deployed until you deploy)."""
@@ -219,6 +250,7 @@ async def read_app(app_id: str) -> AppOut:
 @validate_request(AppPatch)
 @validate_response(AppOut)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # a domain another app has
 async def update_app(app_id: str, data: AppPatch) -> AppOut:
     """Change settings; they take effect at the next deploy."""
     app = await get_app(app_id)
@@ -257,6 +289,7 @@ async def set_env(app_id: str, data: EnvIn) -> AppOut:
 
 @bp.delete("/apps/<app_id>")
 @requires(Role.ADMIN, atomic=False)
+@answers(204, "The app was removed from its servers and deleted.")
 @validate_response(ErrorOut, 404)
 async def delete_app(app_id: str) -> tuple[str, int]:
     """Stop the app on its servers, remove its proxy configuration, then forget it."""
@@ -273,6 +306,7 @@ async def delete_app(app_id: str) -> tuple[str, int]:
 @requires(Role.MEMBER, atomic=False)
 @validate_request(DeployIn)
 @validate_response(DeploymentList, 202)
+@validate_response(ErrorOut, 409)  # placed on no server
 async def deploy_app(app_id: str, data: DeployIn) -> tuple[DeploymentList, int]:
     """Start a deployment on each of the app's servers; follow it with .../logs?follow=true."""
     caller = principal()
@@ -288,6 +322,7 @@ async def deploy_app(app_id: str, data: DeployIn) -> tuple[DeploymentList, int]:
 @requires(Role.MEMBER, atomic=False)
 @validate_request(RollbackIn)
 @validate_response(DeploymentList, 202)
+@validate_response(ErrorOut, 409)  # no earlier release
 async def rollback_app(app_id: str, data: RollbackIn) -> tuple[DeploymentList, int]:
     """Bring back the previous release (or the one named), without rebuilding it."""
     caller = principal()
@@ -329,6 +364,8 @@ def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes
 @bp.get("/deployments/<deployment_id>/logs")
 @requires(Role.VIEWER, atomic=False)
 @validate_querystring(LogQuery)
+@document_response(LogList)
+@answers(200, "The log; with follow=true, server-sent events", "text/event-stream", LOG_EVENT)
 async def deployment_logs(deployment_id: str, query_args: LogQuery) -> Any:
     """The deployment's log; with follow=true, a server-sent event stream until it ends."""
     caller = principal()

@@ -1,7 +1,9 @@
-"""The organisation's audit log: read it page by page, and check its hash chain."""
+"""The audit log: read it page by page and check its hash chain; the organisation's, and
+the instance's (instance operators only)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +36,9 @@ class AuditPage(BaseModel):
 
 
 class AuditQuery(BaseModel):
-    before: int | None = Field(default=None, ge=1, description="Entries older than this seq.")
+    before: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="Entries older than this seq."
+    )
     limit: int = Field(default=100, ge=1, le=500)
     actor: str | None = Field(default=None, max_length=300, description="Actor contains this.")
     action: str | None = Field(
@@ -55,11 +59,23 @@ class AuditVerdictOut(BaseModel):
 @validate_response(AuditPage)
 async def list_audit(query_args: AuditQuery) -> AuditPage:
     """Who did what: the audit log, newest first."""
-    q = query_args
-    rows = await audit.page(q.before, q.limit, q.actor, q.action)
+    return await _page(query_args)
+
+
+async def _page(q: AuditQuery, chain: uuid.UUID | None = None) -> AuditPage:
+    rows = await audit.page(q.before, q.limit, q.actor, q.action, chain=chain)
     entries = [AuditEntryOut.model_validate(row, from_attributes=True) for row in rows]
     more = len(rows) == q.limit and rows[-1].seq > 1
     return AuditPage(entries=entries, next_before=rows[-1].seq if more else None)
+
+
+def _verdict(verdict: audit.Verdict) -> AuditVerdictOut:
+    return AuditVerdictOut(
+        ok=verdict.ok,
+        entries=verdict.entries,
+        broken_seq=verdict.broken_seq,
+        problem=verdict.problem,
+    )
 
 
 @bp.get("/audit/verify")
@@ -68,10 +84,24 @@ async def list_audit(query_args: AuditQuery) -> AuditPage:
 @validate_response(ErrorOut, 403)
 async def verify_audit() -> AuditVerdictOut:
     """Check the whole hash chain (as `serverflow audit verify` does)."""
-    verdict = await audit.verify(principal().org_id)
-    return AuditVerdictOut(
-        ok=verdict.ok,
-        entries=verdict.entries,
-        broken_seq=verdict.broken_seq,
-        problem=verdict.problem,
-    )
+    return _verdict(await audit.verify(principal().org_id))
+
+
+@bp.get("/instance/audit")
+@requires(Role.VIEWER, atomic=False, operator=True)
+@validate_querystring(AuditQuery)
+@validate_response(AuditPage)
+@validate_response(ErrorOut, 403)
+async def list_instance_audit(query_args: AuditQuery) -> AuditPage:
+    """The instance's chain, newest first: what operators did to the instance, and security
+    refusals no organisation can be named for. Instance operators only."""
+    return await _page(query_args, chain=audit.INSTANCE)
+
+
+@bp.get("/instance/audit/verify")
+@requires(Role.VIEWER, atomic=False, operator=True)
+@validate_response(AuditVerdictOut)
+@validate_response(ErrorOut, 403)
+async def verify_instance_audit() -> AuditVerdictOut:
+    """Check the instance's hash chain. Instance operators only."""
+    return _verdict(await audit.verify(audit.INSTANCE))

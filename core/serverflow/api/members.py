@@ -10,6 +10,7 @@ from quart_schema import validate_request, validate_response
 
 from serverflow.accounts import normalize_email
 from serverflow.api import bp
+from serverflow.api.openapi import answers
 from serverflow.api.schemas import ErrorOut, Input, Output, RoleName, parse_id
 from serverflow.auth import principal, requires
 from serverflow.errors import Conflict, NotFound, PermissionDenied
@@ -83,6 +84,7 @@ async def list_members() -> MemberList:
 @validate_request(MemberIn)
 @validate_response(MemberOut, 201)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # already a member
 async def add_member(data: MemberIn) -> tuple[MemberOut, int]:
     role = Role(data.role)
     _check_can_grant(role)
@@ -109,6 +111,7 @@ async def read_member(member_id: str) -> MemberOut:
 @validate_request(MemberPatch)
 @validate_response(MemberOut)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # the last owner
 async def update_member(member_id: str, data: MemberPatch) -> MemberOut:
     member = await get_member(member_id)
     role = Role(data.role)
@@ -122,7 +125,9 @@ async def update_member(member_id: str, data: MemberPatch) -> MemberOut:
 
 @bp.delete("/members/<member_id>")
 @requires(Role.ADMIN)
+@answers(204, "The member was removed from the organisation.")
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # the last owner
 async def remove_member(member_id: str) -> tuple[str, int]:
     member = await get_member(member_id)
     _check_can_grant(member.role)

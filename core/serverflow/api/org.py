@@ -10,6 +10,7 @@ from quart_schema import validate_request, validate_response
 
 from serverflow.accounts import set_password
 from serverflow.api import bp
+from serverflow.api.openapi import answers
 from serverflow.api.schemas import Input, Output
 from serverflow.auth import check_password, principal, requires
 from serverflow.errors import AuthenticationRequired, PermissionDenied
@@ -27,6 +28,7 @@ class MeOut(Output):
     label: str
     role: str
     user_id: uuid.UUID | None
+    operator: bool = Field(description="Whether the caller is an instance operator.")
     organization: OrgOut
 
 
@@ -45,6 +47,7 @@ async def me() -> MeOut:
         label=caller.label,
         role=caller.role,
         user_id=caller.user_id,
+        operator=caller.operator,
         organization=OrgOut.model_validate(org),
     )
 
@@ -59,6 +62,7 @@ class PasswordIn(Input):
 # rolled back with the refused request. Users and sessions are not tenant-scoped.
 @requires(Role.VIEWER, atomic=False)
 @validate_request(PasswordIn)
+@answers(204, "The password was changed; every session of the user was signed out.")
 async def change_password(data: PasswordIn) -> tuple[str, int]:
     """Change the signed-in user's password; every session of theirs is signed out."""
     caller = principal()

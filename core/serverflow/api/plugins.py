@@ -1,5 +1,6 @@
 """Plugins: the installed ones (as `serverflow plugins list` shows them), the marketplace
-catalog, Install, and enable/disable. Changing plugins needs the admin role."""
+catalog, Install, and enable/disable. Plugins are shared by every organisation: changing
+them needs an instance operator, and is audited in the instance chain."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ async def list_plugins() -> PluginList:
 @bp.get("/plugins/catalog")
 @requires(Role.VIEWER, atomic=False)
 @validate_response(CatalogOut)
+@validate_response(ErrorOut, 502)
 async def plugin_catalog() -> CatalogOut:
     """Plugins the configured catalog offers, and which of them are installed."""
     market = marketplace.current(current_app)
@@ -122,10 +124,13 @@ async def plugin_catalog() -> CatalogOut:
 
 
 @bp.post("/plugins/install")
-@requires(Role.ADMIN, atomic=False)
+@requires(Role.VIEWER, atomic=False, operator=True)
 @validate_request(InstallIn)
 @validate_response(InstallOut, 201)
+@validate_response(ErrorOut, 403)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)
+@validate_response(ErrorOut, 502)
 async def install_plugin(data: InstallIn) -> tuple[InstallOut, int]:
     """pip-install a catalog plugin into the control plane and load it (restart if needed)."""
     result = await marketplace.current(current_app).install(data.name, current_app)
@@ -153,9 +158,11 @@ async def install_plugin(data: InstallIn) -> tuple[InstallOut, int]:
 
 
 @bp.post("/plugins/<name>/enable")
-@requires(Role.ADMIN, atomic=False)
+@requires(Role.VIEWER, atomic=False, operator=True)
 @validate_response(PluginChangeOut)
+@validate_response(ErrorOut, 403)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)
 async def enable_plugin(name: str) -> PluginChangeOut:
     activation = marketplace.current(current_app).enable(name)
     restart = any(b not in current_app.blueprints for b in activation.blueprints)
@@ -166,9 +173,11 @@ async def enable_plugin(name: str) -> PluginChangeOut:
 
 
 @bp.post("/plugins/<name>/disable")
-@requires(Role.ADMIN, atomic=False)
+@requires(Role.VIEWER, atomic=False, operator=True)
 @validate_response(PluginChangeOut)
+@validate_response(ErrorOut, 403)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)
 async def disable_plugin(name: str) -> PluginChangeOut:
     marketplace.current(current_app).disable(name)
     await _event("plugin.disabled", {"name": name})

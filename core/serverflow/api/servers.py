@@ -13,6 +13,7 @@ from tortoise.exceptions import IntegrityError
 from serverflow.agents.install import install_command, new_install_token
 from serverflow.agents.registry import allowed_actions, check_action, may_run
 from serverflow.api import bp
+from serverflow.api.openapi import answers
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.auth import principal, requires
 from serverflow.controlplane import current
@@ -199,6 +200,7 @@ async def read_server(server_id: str) -> ServerOut:
 @validate_request(ServerPatch)
 @validate_response(ServerOut)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # a name another server has
 async def update_server(server_id: str, data: ServerPatch) -> ServerOut:
     server = await get_server(server_id)
     if data.name is not None and data.name != server.name:
@@ -221,6 +223,7 @@ async def update_server(server_id: str, data: ServerPatch) -> ServerOut:
 
 @bp.delete("/servers/<server_id>")
 @requires(Role.ADMIN)
+@answers(204, "The server was deleted.")
 @validate_response(ErrorOut, 404)
 async def delete_server(server_id: str) -> tuple[str, int]:
     server = await get_server(server_id)
@@ -256,6 +259,7 @@ async def list_actions(server_id: str) -> ActionList:
 @validate_request(RunIn)
 @validate_response(CommandOut)
 @validate_response(ErrorOut, 404)
+@validate_response(ErrorOut, 409)  # the agent is not connected
 async def run_action(server_id: str, action: str, data: RunIn) -> CommandOut:
     """Send a signed command to the server's agent and wait for its signed result."""
     caller = principal()

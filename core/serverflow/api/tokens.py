@@ -13,7 +13,7 @@ from serverflow.accounts import issue_token
 from serverflow.api import bp
 from serverflow.api.schemas import ErrorOut, Input, Output, RoleName, parse_id
 from serverflow.auth import actor, principal, requires
-from serverflow.errors import NotFound
+from serverflow.errors import NotFound, PermissionDenied
 from serverflow.models import ApiToken, Role, User
 
 
@@ -23,6 +23,11 @@ class TokenIn(Input):
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     allow_apply: bool = Field(
         default=False, description="MCP: let an assistant apply the changes it planned."
+    )
+    operator: bool = Field(
+        default=False,
+        description="Also act as an instance operator (only an operator can ask for this; "
+        "the token loses it when its creator stops being one).",
     )
 
 
@@ -36,6 +41,7 @@ class TokenOut(Output):
     expires_at: datetime | None
     revoked_at: datetime | None
     allow_apply: bool
+    operator: bool
 
 
 class NewTokenOut(TokenOut):
@@ -68,6 +74,10 @@ async def list_tokens() -> TokenList:
 @validate_response(ErrorOut, 403)
 async def create_token(data: TokenIn) -> tuple[NewTokenOut, int]:
     caller = principal()
+    if data.operator and not caller.operator:
+        raise PermissionDenied(
+            "Only an instance operator can create a token that acts as one.", code="TOK003"
+        )
     creator = await User.get_or_none(id=caller.user_id) if caller.user_id else None
     issued = await issue_token(
         caller.org_id,
@@ -77,6 +87,7 @@ async def create_token(data: TokenIn) -> tuple[NewTokenOut, int]:
         creator_role=caller.role,
         expires_in_days=data.expires_in_days,
         allow_apply=data.allow_apply,
+        operator=data.operator,
     )
     out = NewTokenOut.model_validate(
         {**TokenOut.model_validate(issued.token).model_dump(), "token": issued.value}

@@ -24,6 +24,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tortoise.exceptions import BaseORMException
 
+from serverflow import audit
 from serverflow.auth import token_principal
 from serverflow.controlplane import ControlPlane
 from serverflow.errors import (
@@ -44,6 +45,7 @@ PATH = "/mcp"
 
 class McpEndpoint:
     def __init__(self, app: Quart, cp: ControlPlane) -> None:
+        self.cp = cp
         self.server = ServerFlowMCP(app, cp)
         self.server.streamable_http_app(
             streamable_http_path=PATH,
@@ -82,6 +84,16 @@ class McpEndpoint:
                 )
             principal = await token_principal(header)
         except ServerFlowError as exc:
+            if exc.code == "AUTH002":  # a token nobody issued (or revoked): no organisation
+                client = scope.get("client") or ("unknown", 0)
+                await self.cp.refusals.note(
+                    audit.INSTANCE,
+                    "auth.token_refused",
+                    exc.code,
+                    actor="anonymous",
+                    source=str(client[0]),
+                    target=f"{scope.get('method')} {PATH}",
+                )
             await self._refuse(scope, send, exc)
             return
         except (BaseORMException, OSError):

@@ -109,14 +109,26 @@ class ServerFlowMCP(MCPServer[Any]):
             outcome = "cancelled"
             raise
         finally:
-            record = audit.Record(
-                actor=principal.label,
-                action=f"mcp.{name}",
-                target=_target(arguments),
-                details={"arguments": arguments, **extra},
-                outcome=outcome,
-            )
-            await shielded(audit.append(principal.org_id, record))
+            if outcome == "RATE001":  # a flood of refused calls: counted per minute
+                await shielded(
+                    self.cp.refusals.note(
+                        principal.org_id,
+                        f"mcp.{name}",
+                        outcome,
+                        actor=principal.label,
+                        source="mcp",
+                        target=_target(arguments),
+                    )
+                )
+            else:
+                record = audit.Record(
+                    actor=principal.label,
+                    action=f"mcp.{name}",
+                    target=_target(arguments),
+                    details={"arguments": arguments, **extra},
+                    outcome=outcome,
+                )
+                await shielded(audit.append(principal.org_id, record))
 
     async def _call(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None

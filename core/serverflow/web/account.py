@@ -8,6 +8,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from serverflow import audit as audit_log
 from serverflow import i18n
+from serverflow.auth import operator_needed
 from serverflow.csrf import FIELD as CSRF_FIELD
 from serverflow.csrf import check_csrf
 from serverflow.errors import InvalidInput
@@ -41,10 +42,15 @@ async def audit(viewer: Viewer) -> str:
     actor = args.get("actor", "").strip()[:300] or None
     action = args.get("action", "").strip()[:100] or None
     before = args.get("before", "")
+    # ?chain=instance: the instance's own chain, for instance operators.
+    instance = args.get("chain") == "instance"
+    if instance and not viewer.user.is_operator:
+        raise operator_needed()
+    chain = audit_log.INSTANCE if instance else viewer.org.id
     rows = await audit_log.page(
-        int(before) if before.isdigit() else None, AUDIT_PAGE, actor, action
+        int(before) if before.isdigit() else None, AUDIT_PAGE, actor, action, chain=chain
     )
-    verdict = await audit_log.verify(viewer.org.id) if args.get("verify") == "1" else None
+    verdict = await audit_log.verify(chain) if args.get("verify") == "1" else None
     older = rows[-1].seq if len(rows) == AUDIT_PAGE and rows[-1].seq > 1 else None
     return await render_template(
         "audit.html",
@@ -53,6 +59,7 @@ async def audit(viewer: Viewer) -> str:
         action=action,
         older=older,
         verdict=verdict,
+        instance=instance,
         active="audit",
     )
 
