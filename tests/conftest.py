@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,22 @@ class ControlPlaneUnderTest:
         return user
 
 
-@pytest.fixture
-async def control_plane(db_url: str, tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
-    settings = make_settings(tmp_path, db_url)
+@asynccontextmanager
+async def control_plane_with(
+    db_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[ControlPlaneUnderTest]:
+    """An in-process control plane with these settings changed (e.g. a low rate limit)."""
+    settings = make_settings(tmp_path, db_url, **overrides)
     await db.migrate(db_url)
-    app = create_app(settings, plugins=Plugins())
+    app = create_app(settings, plugins=Plugins(disabled=settings.disabled_plugins))
     async with app.test_app() as test_app:
         yield ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
+
+
+@pytest.fixture
+async def control_plane(db_url: str, tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
+    async with control_plane_with(db_url, tmp_path) as cp:
+        yield cp
 
 
 async def sign_in(client: TestClientProtocol, email: str, password: str = PASSWORD) -> str:

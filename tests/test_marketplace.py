@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from serverflow import db
-from serverflow.app import create_app
 from serverflow.plugins import Plugins
 from serverflow_testkit.browser import Dashboard, chromium, start_dashboard
-from tests.conftest import ControlPlaneUnderTest, Tenant, make_settings, sign_in
+from tests.conftest import (
+    ControlPlaneUnderTest,
+    Tenant,
+    control_plane_with,
+    make_settings,
+    sign_in,
+)
 
 try:
     from playwright.sync_api import Browser, Page, expect
@@ -239,14 +243,10 @@ def test_what_install_refuses(market: Dashboard) -> None:
 # -- in-process: switching an installed plugin (runtime_pm2) on and off -----------------
 
 
-@asynccontextmanager
-async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[ControlPlaneUnderTest]:
-    url = f"sqlite://{tmp_path / 'serverflow.sqlite3'}"
-    await db.migrate(url)
-    settings = make_settings(tmp_path, url, **overrides)
-    app = create_app(settings, plugins=Plugins(disabled=settings.disabled_plugins))
-    async with app.test_app() as test_app:
-        yield ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=url)
+def in_process(
+    tmp_path: Path, **overrides: Any
+) -> AbstractAsyncContextManager[ControlPlaneUnderTest]:
+    return control_plane_with(f"sqlite://{tmp_path / 'serverflow.sqlite3'}", tmp_path, **overrides)
 
 
 async def _create(cp: ControlPlaneUnderTest, tenant: Tenant, name: str) -> tuple[int, Any]:

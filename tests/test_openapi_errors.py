@@ -17,13 +17,10 @@ from quart import Blueprint, Quart
 from quart_schema import QuartSchema, validate_request, validate_response
 from quart_schema.validation import DataSource
 
-from serverflow import db
 from serverflow.api.openapi import ApiOnlyOpenAPI, answers
-from serverflow.app import create_app
 from serverflow.auth import requires
 from serverflow.models import Role
-from serverflow.plugins import Plugins
-from tests.conftest import ControlPlaneUnderTest, make_settings
+from tests.conftest import ControlPlaneUnderTest, control_plane_with
 
 FORM = "application/x-www-form-urlencoded"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
@@ -168,11 +165,7 @@ async def test_the_answers_the_api_gives_are_declared(
 
 async def test_a_rate_limited_call_answers_as_declared(tmp_path: Path, db_url: str) -> None:
     """An exhausted rate limit is the declared 429, with the declared Retry-After."""
-    settings = make_settings(tmp_path, db_url, api_rate_per_minute=2)
-    await db.migrate(db_url)
-    app = create_app(settings, plugins=Plugins())
-    async with app.test_app() as test_app:
-        cp = ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
+    async with control_plane_with(db_url, tmp_path, api_rate_per_minute=2) as cp:
         tenant = await cp.tenant("Acme")
         client = cp.client()
         statuses = [

@@ -29,7 +29,7 @@ from serverflow.tenancy import scoped
 from serverflow_contract import protocol
 from serverflow_testkit import wait_for
 from serverflow_testkit.controlplane import Deployment, bootstrap, run_cli
-from tests.conftest import ControlPlaneUnderTest, sign_in
+from tests.conftest import ControlPlaneUnderTest, control_plane_with, sign_in
 
 WINDOW_S = 1.0  # the refusal-aggregation window of this control plane
 FLOOD = 10_000
@@ -335,16 +335,7 @@ async def test_sign_in_failures_and_throttling(control_plane: ControlPlaneUnderT
 
 
 async def test_csrf_rate_limit_and_unknown_token_refusals(db_url: str, tmp_path: Path) -> None:
-    from serverflow import db
-    from serverflow.app import create_app
-    from serverflow.plugins import Plugins
-    from tests.conftest import make_settings
-
-    settings = make_settings(tmp_path, db_url, api_rate_per_minute=5)
-    await db.migrate(db_url)
-    app = create_app(settings, plugins=Plugins())
-    async with app.test_app() as test_app:
-        cp = ControlPlaneUnderTest(app=test_app.app, settings=settings, db_url=db_url)
+    async with control_plane_with(db_url, tmp_path, api_rate_per_minute=5) as cp:
         tenant = await cp.tenant("Acme")
         client = cp.client()
 
@@ -373,7 +364,7 @@ async def test_csrf_rate_limit_and_unknown_token_refusals(db_url: str, tmp_path:
             "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=forged
         )
         assert mcp.status_code == 401
-        await test_app.app.extensions["serverflow"].refusals.flush()
+        await cp.app.extensions["serverflow"].refusals.flush()
 
         async with scoped(tenant.org.id):
             limited = await audit.page(action="api.rate_limited")
