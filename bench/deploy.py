@@ -6,7 +6,8 @@ A real control plane, a real agent, real pm2 (no proxy: the apps have no domain,
 figures are the pipeline itself). Measures, for the tiny Node and Python apps of the test
 kit (testkit/serverflow_testkit/apps): the first deploy with nothing cached (fresh npm
 cache, no dependency cache on the agent), a first deploy of another app whose dependencies
-are already cached, and a redeploy (new commit, unchanged lockfile). Prints each figure
+are already cached, a redeploy (new commit, unchanged lockfile) and a config release (an
+env change: same commit, the build reused). Prints each figure
 beside its target; the last line is one JSON object.
 """
 
@@ -28,11 +29,15 @@ from serverflow_testkit.pm2 import pm2_home
 from serverflow_testkit.protocol_peer import AgentProcess, register_agent
 
 
-def timed_deploy(dep: Deployment, app: str) -> float:
-    """Seconds from POST .../deploy to the deployment being live."""
+def timed_deploy(dep: Deployment, app: str, env: dict[str, str] | None = None) -> float:
+    """Seconds from POST .../deploy (or, with `env`, PUT .../env: a config release) to the
+    deployment being live."""
     with dep.http() as http:
         started = time.perf_counter()
-        queued = http.post(f"/apps/{app}/deploy", json={})
+        if env is None:
+            queued = http.post(f"/apps/{app}/deploy", json={})
+        else:
+            queued = http.put(f"/apps/{app}/env", json={"set": env})
         queued.raise_for_status()
         deployment_id = queued.json()["deployments"][0]["id"]
         while True:
@@ -105,11 +110,13 @@ def main() -> int:
                 repo, sample = repos["node-a"]
                 repo.commit(sample, {"version.txt": "v2"}, message="v2")
                 figures["node_redeploy_same_lockfile_s"] = timed_deploy(dep, "node-a")
+                figures["node_config_release_s"] = timed_deploy(dep, "node-a", {"GREETING": "hi"})
                 figures["python_first_cold_s"] = timed_deploy(dep, "py-a")
                 figures["python_first_deps_cached_s"] = timed_deploy(dep, "py-b")
                 repo, sample = repos["py-a"]
                 repo.commit(sample, {"version.txt": "v2"}, message="v2")
                 figures["python_redeploy_same_requirements_s"] = timed_deploy(dep, "py-a")
+                figures["python_config_release_s"] = timed_deploy(dep, "py-a", {"GREETING": "hi"})
             finally:
                 if agent is not None:
                     agent.stop()
@@ -119,9 +126,11 @@ def main() -> int:
         ("Node: first deploy, nothing cached", "node_first_cold_s", "-"),
         ("Node: first deploy, dependencies cached", "node_first_deps_cached_s", "-"),
         ("Node: redeploy, unchanged lockfile", "node_redeploy_same_lockfile_s", "< 10 s"),
+        ("Node: config release (env change, no build)", "node_config_release_s", "-"),
         ("Python: first deploy, nothing cached", "python_first_cold_s", "-"),
         ("Python: first deploy, dependencies cached", "python_first_deps_cached_s", "-"),
         ("Python: redeploy, unchanged requirements", "python_redeploy_same_requirements_s", "-"),
+        ("Python: config release (env change, no build)", "python_config_release_s", "-"),
     ]
     width = max(len(r[0]) for r in rows)
     for label, key, target in rows:

@@ -95,6 +95,21 @@ async def test_git_resolve(rig: Rig, repo: GitRepo, tmp_path: Path) -> None:
         assert refused["status"] == "error" and "refused repository URL" in refused["message"]
 
 
+async def test_git_resolve_without_a_branch_answers_the_default_one(
+    rig: Rig, tmp_path: Path
+) -> None:
+    repo = GitRepo(tmp_path / "master-repo", branch="master")
+    first = repo.commit("node", message="on master")
+    repo.create_branch("other")
+    answer = await rig.run(rig.peer.command("git.resolve", {"repo": repo.url}))
+    assert answer["status"] == "ok", answer
+    assert answer["output"] == {"branch": "master", "ref": "refs/heads/master", "commit": first}
+
+    empty = GitRepo(tmp_path / "empty-repo")
+    nothing = await rig.run(rig.peer.command("git.resolve", {"repo": empty.url}))
+    assert nothing["status"] == "error" and "has no commits yet" in nothing["message"]
+
+
 async def test_state_apply_streams_progress_and_answers(rig: Rig, repo: GitRepo) -> None:
     c1 = repo.commit("node")
     command_id, output = await apply(rig, document(1, [entry("shop", repo.url, c1, "r1")]))

@@ -220,6 +220,8 @@ def test_node_app_hero_path(world: World) -> None:
     assert "==> live" in first.stdout, first.stdout + first.stderr
     for stage in ("resolv", "build", "health", "proxy"):
         assert stage in first.stdout.lower(), stage
+    # The certificate step is in the log, with its outcome.
+    assert f"[certificate] certificate for {domain}: issued (valid until " in first.stdout
     status, body = world.https(domain)
     assert status == 200 and "v1" in body
     assert world.http(domain).status_code == 301  # HTTP redirects to HTTPS
@@ -243,7 +245,9 @@ def test_node_app_hero_path(world: World) -> None:
         third = world.wait_finished("shop", 3)
     assert third["status"] == "failed" and third["reason"]
     assert loop.failures == [] and all("v2" in body for body in loop.bodies)
-    logs = world.cli("logs", "shop").stdout
+    logs = world.cli("logs", "shop", "--deploy").stdout
+    # The app's complaint is shown once, though PM2 started it several times.
+    assert logs.count("fatal: DATABASE_URL is not set") == 1, logs
     assert "failed" in logs.lower()
 
     # Rollback brings back the first release, without a build.

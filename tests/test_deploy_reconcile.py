@@ -386,11 +386,14 @@ def test_git_errors_do_not_show_credentials() -> None:
     from serverflow_agent.deploy import git
 
     url = "https://deploy:s3cr3t-token@127.0.0.1:9/shop.git"
-    with pytest.raises(git.GitError) as caught:
-        git.resolve({"repo": url, "branch": "main"})
-    message = str(caught.value)
-    assert message.startswith("cannot read the repository https://deploy:***@127.0.0.1:9/shop.git")
-    assert "s3cr3t" not in message
+    for params in ({"repo": url, "branch": "main"}, {"repo": url}):  # without: the default
+        with pytest.raises(git.GitError) as caught:
+            git.resolve(params)
+        message = str(caught.value)
+        assert message.startswith(
+            "cannot read the repository https://deploy:***@127.0.0.1:9/shop.git"
+        )
+        assert "s3cr3t" not in message
 
 
 def test_new_settings_for_the_same_release_switch_without_a_gap(

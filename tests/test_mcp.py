@@ -457,7 +457,7 @@ async def test_a_viewer_can_read_but_every_change_is_refused(rig: Rig) -> None:
         after = api.get("/plans").json()["plans"]
         assert len(after) == plans_before + 1  # only the member's plan
         assert api.get(f"/plans/{pending['plan_id']}").json()["status"] == "pending"
-        assert api.get("/apps/vault").json()["branch"] == "main"
+        assert api.get("/apps/vault").json()["branch"] is None  # still the default
     viewer_rows = [r for r in audit_rows(dep) if r["actor"] == "token:viewer"]
     assert sum(r["outcome"] == "AUTH004" for r in viewer_rows) >= len(changes) + 1
 

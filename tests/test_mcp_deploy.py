@@ -56,7 +56,7 @@ async def _deploy(dep: Any, agent: RealAgent, repo: GitRepo, commit: str, home: 
     server = planned["preview"]["servers"][0]
     assert server["current"] is None  # nothing live yet...
     assert server["target"] == {"branch": "main", "commit": commit, "release": f"r1-{commit[:7]}"}
-    assert planned["preview"]["resolution"] == "main resolved on web-1"
+    assert planned["preview"]["resolution"] == "main (the default branch) resolved on web-1"
     shop = next(a for a in server["desired_state"]["apps"] if a["name"] == "shop")
     assert shop["env"] == {"GREETING_SECRET": "********"} and shop["commit"] == commit
     assert [c["action"] for c in server["commands"]] == ["state.apply"]
@@ -85,6 +85,11 @@ async def _deploy(dep: Any, agent: RealAgent, repo: GitRepo, commit: str, home: 
     assert status == 200 and "v1" in body, body
     logs = ok(await call(dep, member, "get_app_logs", {"app": "shop", "lines": 1000}))
     assert any("health" in line for line in logs["lines"]), logs
+    printed = ok(await call(dep, member, "get_app_output", {"app": "shop", "lines": 50}))
+    assert any(
+        line["type"] == "web" and line["line"] == f"listening on {port}"
+        for line in printed["lines"]
+    ), printed
 
     # A restart is planned too, then applied: the runtime's signed command runs.
     restart = ok(await call(dep, member, "restart_app", {"app": "shop"}))

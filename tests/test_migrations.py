@@ -110,3 +110,63 @@ async def test_fresh_user_creation_after_full_migration(db_url: str) -> None:
         assert (await User.get(email="new@acme.test")).last_login_at is None
     finally:
         await db.close_orm()
+
+
+@BOTH_DATABASES
+async def test_apps_keep_their_branch_and_rows_when_branches_become_optional(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Migration 8 makes apps.branch and deployments.branch nullable (on SQLite by swapping
+    the columns): nothing that references an app is lost, and each app keeps its branch."""
+    from serverflow.models import App, AppServer, Deployment
+
+    location = db.migrations_location(db_url)
+    old = tmp_path / "old" / "models"
+    old.mkdir(parents=True)
+    for path in (location / "models").glob("*_*.py"):
+        if int(path.name.split("_", 1)[0]) < 8:
+            shutil.copy(path, old / path.name)
+    await db.migrate(db_url, location=old.parent)
+    app_id, dep_ids = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
+    await db.init_orm(db_url)
+    try:
+        org = await create_organization("Acme")
+        async with scoped(org.id) as conn:
+            server = await Server.create(name="web-1")
+            await conn.execute_query(
+                "INSERT INTO apps (id, name, repo_url, branch, env_encrypted, health_path, "
+                "health_timeout_s, domains, tls, runtime, keep_releases, "
+                "webhook_secret_encrypted, created_at, updated_at, organization_id) VALUES "
+                f"('{app_id}', 'shop', '/srv/shop.git', 'trunk', '', '/', 60, '[]', true, "
+                f"'pm2', 5, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{org.id}')"
+            )
+            for number, (dep_id, branch) in enumerate(zip(dep_ids, ("trunk", ""), strict=True)):
+                await conn.execute_query(
+                    "INSERT INTO deployments (id, number, kind, branch, env_encrypted, "
+                    "triggered_by, status, created_at, app_id, server_id, organization_id) "
+                    f"VALUES ('{dep_id}', {number + 1}, 'deploy', '{branch}', '', 'test', "
+                    f"'live', CURRENT_TIMESTAMP, '{app_id}', '{server.id}', '{org.id}')"
+                )
+            await conn.execute_query(
+                "INSERT INTO app_servers (id, live_deployment_id, app_id, server_id, "
+                f"organization_id) VALUES ('{uuid.uuid4()}', '{dep_ids[0]}', '{app_id}', "
+                f"'{server.id}', '{org.id}')"
+            )
+    finally:
+        await db.close_orm()
+
+    applied = await db.migrate(db_url)
+    assert applied and applied[0].startswith("8_")
+    await db.init_orm(db_url)
+    try:
+        async with scoped(org.id):
+            app = await App.get(id=app_id)
+            assert app.branch == "trunk" and app.default_branch is None and app.formation == {}
+            placement = await AppServer.get(app_id=app_id)
+            assert placement.live_deployment_id == dep_ids[0]
+            branches = {d.id: d.branch for d in await Deployment.filter(app_id=app_id)}
+            assert branches == {dep_ids[0]: "trunk", dep_ids[1]: None}
+            await App.filter(id=app_id).update(branch=None)  # now optional
+            assert (await App.get(id=app_id)).branch is None
+    finally:
+        await db.close_orm()

@@ -327,3 +327,36 @@ def _deploy(page: Page, button: str) -> None:
     expect(page.locator("#confirm")).to_be_visible()
     page.locator("#confirm-ok").click()
     expect(page.locator("#log")).not_to_be_empty(timeout=TIMEOUT)
+
+
+def test_edit_an_apps_settings(dash: Dashboard, fleet: dict[str, Any], page: Page) -> None:
+    email = dash.user("editor@acme.test", "member")
+    dash.sign_in(page, email)
+    page.goto(f"{dash.url}/apps/{fleet['app']['id']}")
+    page.get_by_text("Edit settings").click()
+    page.get_by_label("Branch", exact=True).fill("stable")
+    page.get_by_label("Start command").fill("node server.js --port 3000")
+    page.get_by_label("Health check timeout (seconds)").fill("0")  # refused by the API
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.locator("#app-edit-error")).to_contain_text("health_timeout_s")
+    page.get_by_label("Health check timeout (seconds)").fill("20")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+    settings = page.locator("#settings-title").locator("..")
+    expect(settings).to_contain_text("stable")
+    expect(settings).to_contain_text("node server.js --port 3000")
+    with dash.http() as http:
+        app = http.get(f"/apps/{fleet['app']['id']}").json()
+    assert app["branch"] == "stable" and app["health_timeout_s"] == 20
+    assert app["start"] == ["node", "server.js", "--port", "3000"]
+    assert app["domains"] == ["shop.example.test"] and app["build"] is None  # kept
+
+    # Emptied fields go back to their default: the default branch, detection.
+    page.get_by_text("Edit settings").click()
+    page.get_by_label("Branch", exact=True).fill("")
+    page.get_by_label("Start command").fill("")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+    with dash.http() as http:
+        app = http.get(f"/apps/{fleet['app']['id']}").json()
+    assert app["branch"] is None and app["start"] is None

@@ -308,3 +308,52 @@ async def test_live_channel_needs_a_session(control_plane: ControlPlaneUnderTest
         async with client.websocket("/live", headers=ORIGIN) as ws:
             await ws.receive()
     assert refused.value.response.status_code == 401
+
+
+async def test_members_edit_an_apps_settings_from_its_page(
+    control_plane: ControlPlaneUnderTest,
+) -> None:
+    from serverflow.models import App
+    from serverflow.tenancy import scoped
+
+    tenant = await control_plane.tenant("Acme")
+    server = await _server(control_plane, tenant)
+    app = await _app(control_plane, tenant, str(server["id"]))
+    async with scoped(tenant.org.id):  # what the last deploy of the default branch found
+        await App.filter(name="shop").update(default_branch="master")
+    member = await control_plane.user(tenant, Role.MEMBER)
+    client = control_plane.client()
+    csrf = await sign_in(client, member.email)
+    page = await _page(client, f"/apps/{app['id']}")
+    assert 'id="app-edit-form"' in page and "default (master)" in page
+    assert 'name="branch" autocomplete="off" value=""' in page
+
+    # The form sends what the dashboard's script sends: a PATCH with the session's token.
+    body = {"branch": "stable", "start": "node server.js --port 3000", "health_timeout_s": 20}
+    forged = await client.patch(f"/api/v1/apps/{app['id']}", json=body)
+    assert forged.status_code == 403
+    assert (await forged.get_json())["error"]["code"] == "AUTH006"
+    saved = await client.patch(
+        f"/api/v1/apps/{app['id']}", json=body, headers={"X-CSRF-Token": csrf}
+    )
+    assert saved.status_code == 200, await saved.get_data(as_text=True)
+    page = await _page(client, f"/apps/{app['id']}?saved=1")
+    assert 'id="app-edit-saved"' in page
+    assert 'value="stable"' in page and 'value="node server.js --port 3000"' in page
+    assert 'name="health_timeout_s" type="number" min="1" max="1800" required value="20"' in page
+
+    viewer = await control_plane.user(tenant, Role.VIEWER)
+    other = control_plane.client()
+    await sign_in(other, viewer.email)
+    assert 'id="app-edit-form"' not in await _page(other, f"/apps/{app['id']}")
+
+
+async def test_the_settings_form_speaks_french(control_plane: ControlPlaneUnderTest) -> None:
+    tenant = await control_plane.tenant("Acme")
+    server = await _server(control_plane, tenant)
+    app = await _app(control_plane, tenant, str(server["id"]))
+    client = control_plane.client()
+    await sign_in(client, tenant.owner.email)
+    page = await _page(client, f"/apps/{app['id']}", **{"Accept-Language": "fr"})
+    assert "Modifier les réglages" in page and "Enregistrer les réglages" in page
+    assert "celle par défaut du dépôt" in page

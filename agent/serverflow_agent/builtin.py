@@ -9,9 +9,11 @@ from typing import Any
 
 from serverflow_agent.hookspecs import hookimpl
 from serverflow_contract import desired as schemas
+from serverflow_contract import naming
 from serverflow_contract.actions import ActionSpec
 
 SERVICE_NAME = r"[A-Za-z0-9@._][A-Za-z0-9@._-]{0,99}"
+APP_LOGS_FOLLOW_MAX_S = 120
 
 
 def _params(properties: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -77,13 +79,48 @@ ACTIONS = [
     ),
     ActionSpec(
         name="git.resolve",
-        description="The commit a branch of a git repository points to (git ls-remote).",
+        description=(
+            "The commit a branch of a git repository points to, or without a branch the "
+            "repository's default branch and its commit (git ls-remote)."
+        ),
         kind="read",
         handler="serverflow_agent.deploy.git:resolve",
         params_schema=schemas.GIT_RESOLVE,
         timeout=90,
         memory_limit_mb=256,
         limit_children=False,
+    ),
+    ActionSpec(
+        name="app.logs",
+        description=(
+            "The last lines an app's processes printed here (stdout and stderr, merged in "
+            "time order), or those after `cursor`; with follow_s, each new line as a "
+            "progress event for that many seconds (docs/deploys.md, Logs)."
+        ),
+        kind="read",
+        handler="serverflow_agent.app_logs:read",
+        params_schema={
+            **_params(
+                {
+                    "app": {
+                        "type": "string",
+                        "pattern": f"^(?:{naming.APP_NAME})$",
+                        "maxLength": naming.APP_NAME_MAX,
+                    },
+                    "lines": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "follow_s": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": APP_LOGS_FOLLOW_MAX_S,
+                    },
+                    "cursor": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": 65536},
+                }
+            ),
+            "required": ["app"],
+        },
+        timeout=APP_LOGS_FOLLOW_MAX_S + 30,
+        memory_limit_mb=256,
+        limit_children=False,  # the runtime's own tools (pm2 jlist) run without the limit
     ),
     ActionSpec(
         name="state.apply",

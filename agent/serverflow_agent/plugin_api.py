@@ -10,6 +10,8 @@ from serverflow_agent.config import state_dir_from
 from serverflow_agent.deploy.environment import base_env
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.hookspecs import hookimpl
+from serverflow_agent.logfiles import Line as LogLine
+from serverflow_agent.logfiles import tail as tail_log
 from serverflow_agent.spawn import CommandNotFound, CommandTimeout, Finished, capture, stream
 
 __all__ = [
@@ -17,11 +19,13 @@ __all__ = [
     "CommandTimeout",
     "DeploySettings",
     "Finished",
+    "LogLine",
     "base_env",
     "capture",
     "deploy_settings",
     "hookimpl",
     "stream",
+    "tail_log",
 ]
 
 

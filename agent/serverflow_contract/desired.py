@@ -15,6 +15,7 @@ from serverflow_contract.naming import (
     DOMAIN_MAX,
     ENV_VALUE_MAX,
     HEALTH_PATH_MAX,
+    PROCESS_SCALE_MAX,
     RELEASE_ID,
     REPO_URL_MAX,
     RUNTIME_NAME_MAX,
@@ -77,6 +78,16 @@ STATE_APPLY: dict[str, Any] = {
                     },
                     "tls": {"type": ["boolean", "null"]},
                     "keep_releases": {"type": "integer", "minimum": 1, "maximum": 100},
+                    # Processes per Procfile type other than web (a type not named: 1);
+                    # the type names are checked by parse_app (naming.check_process_type).
+                    "formation": {
+                        "type": ["object", "null"],
+                        "additionalProperties": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": PROCESS_SCALE_MAX,
+                        },
+                    },
                 },
                 "required": ["name", "repo", "commit", "release"],
             },
@@ -89,8 +100,9 @@ GIT_RESOLVE: dict[str, Any] = {
     "type": "object",
     "properties": {
         "repo": {"type": "string", "minLength": 1, "maxLength": REPO_URL_MAX},
+        # Without a branch: the repository's default branch (its HEAD).
         "branch": {"type": "string", "minLength": 1, "maxLength": BRANCH_MAX},
     },
-    "required": ["repo", "branch"],
+    "required": ["repo"],
     "additionalProperties": False,
 }

@@ -21,6 +21,12 @@ BRANCH_MAX = 255
 ENV_NAME_MAX = 128
 ENV_VALUE_MAX = 32_768
 HEALTH_PATH_MAX = 255
+PROCESS_TYPE_MAX = 30
+PROCESS_SCALE_MAX = 20
+# Procfile process types (Heroku's rule): `web` serves HTTP, `release` runs once per deploy.
+WEB = "web"
+RELEASE = "release"
+PROCESS_TYPE = r"[A-Za-z][A-Za-z0-9_]{0,29}"
 
 # A DNS label without "--": an app's processes are named "<app>--<release>", and an app
 # may get "<app>.<server domain>" as its address.
@@ -43,6 +49,10 @@ _RELEASE_ID = re.compile(RELEASE_ID)
 _COMMIT = re.compile(COMMIT)
 _ENV_NAME = re.compile(ENV_NAME)
 _RUNTIME_NAME = re.compile(RUNTIME_NAME)
+_PROCESS_TYPE = re.compile(PROCESS_TYPE)
+_TYPED_PROCESS = re.compile(
+    rf"(?P<release>{RELEASE_ID}?)--(?P<type>{PROCESS_TYPE})-(?P<index>[1-9][0-9]?)"
+)
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _REMOTE_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
@@ -102,9 +112,34 @@ def check_runtime_name(name: Any) -> str:
     return name
 
 
-def process_name(app: str, release: str) -> str:
-    """The name a runtime gives one release's process: `<app>--<release>`."""
-    return f"{app}--{release}"
+def process_name(app: str, release: str, process_type: str = WEB, index: int = 1) -> str:
+    """The name a runtime gives one process of a release: `<app>--<release>` for its web
+    process, `<app>--<release>--<type>-<n>` for the n-th process of another Procfile type."""
+    if process_type == WEB:
+        return f"{app}--{release}"
+    return f"{app}--{release}--{process_type}-{index}"
+
+
+def parse_process_name(app: str, name: str) -> tuple[str, str, int] | None:
+    """(release, process type, index) of a name `process_name` made for `app`, else None.
+    Release ids made by the control plane (`r<n>-<sha>`) never hold "--"."""
+    prefix = process_prefix(app)
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    match = _TYPED_PROCESS.fullmatch(rest)
+    if match:
+        return match["release"], match["type"], int(match["index"])
+    return (rest, WEB, 1) if _RELEASE_ID.fullmatch(rest) else None
+
+
+def check_process_type(name: Any) -> str:
+    if not isinstance(name, str) or not _PROCESS_TYPE.fullmatch(name):
+        raise InvalidName(
+            f"invalid process type {_shown(name)}: a letter, then letters, digits or '_', "
+            f"at most {PROCESS_TYPE_MAX} characters"
+        )
+    return name
 
 
 def process_prefix(app: str) -> str:

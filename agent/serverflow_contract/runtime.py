@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+LogStream = Literal["out", "err"]
+LogFormat = Literal["text", "json"]
 
 
 class RuntimeFailure(Exception):
@@ -39,6 +42,24 @@ class ProcessInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LogFile:
+    """A file a runtime appends a process's output to, one record per line.
+
+    The agent reads it from its end (never as a whole) and then follows it by byte offset;
+    the runtime may truncate it or replace it (a log rotation). `format` says what a line
+    holds: "text" is one line of output of `stream`, without its time; "json" is one
+    object per chunk of output, holding its stream and time, as PM2 writes them with
+    `log_type: json` (`{"message", "type": "out"|"err", "timestamp": ISO 8601}`) and as
+    Docker's json-file driver does (`{"log", "stream": "stdout"|"stderr", "time"}`): the
+    time is what lets the lines of several processes be merged in order.
+    """
+
+    path: Path
+    stream: LogStream = "out"
+    format: LogFormat = "text"
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """Starts and supervises release processes (restarting them when they crash)."""
@@ -61,3 +82,9 @@ class Runtime(Protocol):
 
     def logs(self, name: str, lines: int = 50) -> list[str]:
         """The last output lines (stdout and stderr) of a process."""
+
+    def log_files(self, name: str) -> list[LogFile]:
+        """Where a process's output is written (empty for a name it does not know).
+
+        Called for every process of an app and again while its logs are followed, so it
+        should not have to ask a daemon (PM2 reads the ecosystem file it wrote)."""

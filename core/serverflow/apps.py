@@ -7,16 +7,18 @@ import secrets
 import shlex
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from tortoise.exceptions import IntegrityError
 
+from serverflow import audit
 from serverflow.controlplane import ControlPlane, current
 from serverflow.deploys.service import encrypt_env
 from serverflow.errors import Conflict, InvalidInput, NotFound
 from serverflow.models import App, AppServer, Server
 from serverflow.schemas import Input
+from serverflow.tenancy import scoped
 from serverflow_contract import naming
 
 SHELL_SYNTAX = re.compile(r"(&&|\|\||[|;<>`$]|\$\()")
@@ -44,8 +46,16 @@ def naming_rule(check: Callable[[Any], Any], value: Any) -> Any:
 
 
 class AppFields(Input):
+    """App settings. In a PATCH, null sets branch, build, start and port back to their
+    default: the repository's default branch, detection, a fresh port per release."""
+
     repo: str | None = Field(default=None, max_length=naming.REPO_URL_MAX)
-    branch: str | None = Field(default=None, min_length=1, max_length=naming.BRANCH_MAX)
+    branch: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=naming.BRANCH_MAX,
+        description="The branch deployed; null: the repository's default branch.",
+    )
     build: list[str] | None = Field(
         default=None, max_length=20, description="Build steps, each one command (no shell)."
     )
@@ -124,6 +134,46 @@ class AppPatch(AppFields):
     servers: list[str] | None = Field(default=None, min_length=1, max_length=100)
 
 
+ProcessCount = Annotated[int, Field(ge=0, le=naming.PROCESS_SCALE_MAX)]
+FORMATION_MAX = 20  # process types per app, as the desired-state schema allows
+
+
+class FormationIn(Input):
+    scale: dict[str, ProcessCount] = Field(
+        min_length=1,
+        max_length=FORMATION_MAX,
+        description='Processes per Procfile type, e.g. {"worker": 2, "clock": 0}; '
+        "types not named keep their count (1 unless scaled).",
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _types(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            naming.check_process_type(name)
+        return value
+
+
+def scaled(app: App, scale: dict[str, int]) -> dict[str, int]:
+    """The app's formation with `scale` applied (not saved); web and release refused."""
+    fixed = sorted(set(scale) & {naming.WEB, naming.RELEASE})
+    if fixed:
+        raise InvalidInput(
+            f"{' and '.join(fixed)} cannot be scaled: web runs one process per server (the "
+            "one the proxy sends requests to) and release runs once per deploy; scale the "
+            "other process types of the Procfile, e.g. worker=2",
+            code="APP007",
+        )
+    formation = {**(app.formation or {}), **scale}
+    if len(formation) > FORMATION_MAX:
+        raise InvalidInput(
+            f"an app has at most {FORMATION_MAX} process types; {app.name} would have "
+            f"{len(formation)}",
+            code="VAL001",
+        )
+    return dict(sorted(formation.items()))
+
+
 async def servers_by_ref(refs: list[str]) -> list[Server]:
     servers = []
     for ref in refs:
@@ -145,15 +195,16 @@ def _check_runtime(runtime: str) -> None:
 
 
 def apply_fields(app: App, data: AppFields) -> None:
+    given = data.model_fields_set
     if data.repo is not None:
         app.repo_url = data.repo
-    if data.branch is not None:
+    if "branch" in given:
         app.branch = data.branch
-    if data.build is not None:
-        app.build_commands = [_argv(step, "build step") for step in data.build] or None
-    if data.start is not None:
-        app.start_command = _argv(data.start, "start command")
-    if data.port is not None:
+    if "build" in given:  # [] or null: detected at deploy
+        app.build_commands = [_argv(step, "build step") for step in data.build or []] or None
+    if "start" in given:
+        app.start_command = _argv(data.start, "start command") if data.start else None
+    if "port" in given:
         app.port = data.port
     if data.health_path is not None:
         app.health_path = data.health_path
@@ -205,3 +256,24 @@ async def save_new_app(cp: ControlPlane, app: App, servers: list[Server]) -> Non
         raise Conflict(f"an app named {app.name!r} already exists", code="APP005") from exc
     for server in servers:
         await AppServer.create(app_id=app.id, server_id=server.id)
+
+
+async def follow_branch(org_id: uuid.UUID, app: App, branch: str, actor: str) -> bool:
+    """Make `app` follow `branch` from now on (`deploy --branch` is remembered, as Heroku
+    and Dokku users expect), audited; False if it already did."""
+    before = app.branch
+    if before == branch:
+        return False
+    async with scoped(org_id):
+        await App.filter(id=app.id).update(branch=branch)
+    app.branch = branch
+    await audit.append(
+        org_id,
+        audit.Record(
+            actor,
+            "app.branch_changed",
+            f"app:{app.name}",
+            {"from": before, "to": branch, "by": "deploy"},
+        ),
+    )
+    return True

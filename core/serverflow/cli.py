@@ -541,7 +541,7 @@ def apps() -> None:
 @click.argument("name")
 @click.option("--server", "servers", multiple=True, required=True, help="Server name; repeatable.")
 @click.option("--repo", required=True, help="https://, ssh://, git@host: URL, or a path.")
-@click.option("--branch", default="main", show_default=True)
+@click.option("--branch", default=None, help="Branch (default: the repository's default branch).")
 @click.option("--domain", "domains", multiple=True, help="Domain to serve; repeatable.")
 @click.option("--build", "build", multiple=True, help="Build step (no shell); repeatable.")
 @click.option("--start", default=None, help="Start command (no shell); detected if omitted.")
@@ -556,7 +556,7 @@ def apps_create(
     name: str,
     servers: tuple[str, ...],
     repo: str,
-    branch: str,
+    branch: str | None,
     domains: tuple[str, ...],
     build: tuple[str, ...],
     start: str | None,
@@ -574,7 +574,6 @@ def apps_create(
         "name": name,
         "servers": list(servers),
         "repo": repo,
-        "branch": branch,
         "domains": list(domains),
         "env": _parse_env(env),
         "health_path": health_path,
@@ -582,7 +581,7 @@ def apps_create(
     }
     if build:
         body["build"] = list(build)
-    for key, value in (("start", start), ("port", port), ("runtime", runtime)):
+    for key, value in (("branch", branch), ("start", start), ("port", port), ("runtime", runtime)):
         if value is not None:
             body[key] = value
     app = api_client(url, token).request("POST", "/apps", json=body)
@@ -616,20 +615,61 @@ def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
         return
     for row in rows:
         servers = ", ".join(s["name"] for s in row["servers"])
+        formation = _formation_shown(row)
         click.echo(
-            f"{row['name']:<24} {row['branch']:<12} {servers:<24} {', '.join(row['domains'])}"
+            f"{row['name']:<24} {_branch_shown(row):<16} {servers:<24} "
+            f"{', '.join(row['domains'])}" + (f"  [{formation}]" if formation else "")
         )
+
+
+def _branch_shown(app: dict[str, Any]) -> str:
+    """The app's branch, or "default (master)" when it follows the repository's default."""
+    if app.get("branch"):
+        return str(app["branch"])
+    return f"default ({app['default_branch']})" if app.get("default_branch") else "default"
+
+
+def _formation_shown(app: dict[str, Any]) -> str:
+    return " ".join(f"{kind}={count}" for kind, count in sorted(app["formation"].items()))
+
+
+def _config_queued(client: Any, app: dict[str, Any], wait: bool) -> None:
+    """Say which config deployments put a change live; with `wait`, follow them."""
+    deps = app.get("deployments") or []
+    if not deps:
+        click.echo(f"{app['name']} is not live anywhere: this applies at its next deploy")
+        return
+    servers = {s["id"]: s["name"] for s in app["servers"]}
+    for dep in deps:
+        click.echo(
+            f"config deployment #{dep['number']} of {dep['commit_sha'][:12]} queued on "
+            f"{servers.get(dep['server_id'], dep['server_id'])} ({dep['id']}): "
+            "same build, new configuration"
+        )
+    if not wait:
+        click.echo(f"follow: serverflow logs {app['name']} --deploy --follow")
+    elif not _follow(client, deps):
+        raise click.exceptions.Exit(1)
 
 
 @apps.command("env")
 @click.argument("app")
 @click.argument("pairs", nargs=-1)
 @click.option("--unset", "unset", multiple=True, help="Variable to remove; repeatable.")
+@click.option("--wait", is_flag=True, help="Follow the config deployments; non-zero on failure.")
 @remote
 def apps_env(
-    app: str, pairs: tuple[str, ...], unset: tuple[str, ...], url: str | None, token: str | None
+    app: str,
+    pairs: tuple[str, ...],
+    unset: tuple[str, ...],
+    wait: bool,
+    url: str | None,
+    token: str | None,
 ) -> None:
-    """Show (masked) or set environment variables: `serverflow apps env shop KEY=VALUE`."""
+    """Show (masked) or set environment variables: `serverflow apps env shop KEY=VALUE`.
+
+    A change goes live at once where the app is live: a config release of the live commit,
+    its build reused."""
     client = api_client(url, token)
     if pairs or unset:
         result = client.request(
@@ -639,6 +679,124 @@ def apps_env(
         result = client.request("GET", f"/apps/{app}")
     for key, value in sorted(result["env"].items()):
         click.echo(f"{key}={value}")
+    if pairs or unset:
+        _config_queued(client, result, wait)
+
+
+# What `apps update` prints of each setting (the API's field names).
+SETTINGS_SHOWN = (
+    "repo",
+    "branch",
+    "build",
+    "start",
+    "port",
+    "health_path",
+    "health_timeout_s",
+    "domains",
+    "tls",
+    "runtime",
+    "keep_releases",
+)
+
+
+def _setting_shown(name: str, value: Any) -> str:
+    if name == "branch":
+        return str(value) if value else "the repository's default branch"
+    if name == "build":
+        return "; ".join(" ".join(step) for step in value) if value else "detected"
+    if name == "start":
+        return " ".join(value) if value else "detected"
+    if name == "port":
+        return "a fresh one per release" if value is None else str(value)
+    if name == "domains":
+        return ", ".join(value) or "none"
+    if name == "tls":
+        return "on" if value else "off"
+    return str(value)
+
+
+@apps.command("update")
+@click.argument("app")
+@click.option("--branch", default=None, help="Follow this branch ('' for the default one).")
+@click.option("--default-branch", is_flag=True, help="Follow the repository's default branch.")
+@click.option("--build", "build", multiple=True, help="Build step (no shell); repeatable.")
+@click.option("--detect-build", is_flag=True, help="Detect the build at deploy again.")
+@click.option("--start", default=None, help="Start command (no shell); '': detect.")
+@click.option("--detect-start", is_flag=True, help="Detect the start command at deploy again.")
+@click.option("--port", type=int, default=None, help="Fixed port.")
+@click.option("--health-path", default=None)
+@click.option("--health-timeout", type=int, default=None, help="Health check timeout, seconds.")
+@click.option("--domain", "domains", multiple=True, help="Domain; repeatable; replaces the list.")
+@click.option("--runtime", default=None, help="Runtime plugin.")
+@click.option("--tls/--no-tls", default=None, help="HTTPS with a certificate, or plain HTTP.")
+@click.option("--keep-releases", type=int, default=None, help="Releases kept for rollbacks.")
+@click.option("--json", "as_json", is_flag=True)
+@remote
+def apps_update(
+    app: str,
+    branch: str | None,
+    default_branch: bool,
+    build: tuple[str, ...],
+    detect_build: bool,
+    start: str | None,
+    detect_start: bool,
+    port: int | None,
+    health_path: str | None,
+    health_timeout: int | None,
+    domains: tuple[str, ...],
+    runtime: str | None,
+    tls: bool | None,
+    keep_releases: int | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Change an app's settings; they take effect at its next deploy."""
+    body: dict[str, Any] = {}
+    if default_branch or branch == "":
+        body["branch"] = None
+    elif branch is not None:
+        body["branch"] = branch
+    if detect_build or build == ("",):
+        body["build"] = None
+    elif build:
+        body["build"] = list(build)
+    if detect_start or start == "":
+        body["start"] = None
+    elif start is not None:
+        body["start"] = start
+    if domains:
+        body["domains"] = [d for d in domains if d]
+    for key, value in (
+        ("port", port),
+        ("health_path", health_path),
+        ("health_timeout_s", health_timeout),
+        ("runtime", runtime),
+        ("tls", tls),
+        ("keep_releases", keep_releases),
+    ):
+        if value is not None:
+            body[key] = value
+    if not body:
+        raise click.UsageError("nothing to change: give at least one setting (see --help)")
+    client = api_client(url, token)
+    before = client.request("GET", f"/apps/{app}")
+    after = client.request("PATCH", f"/apps/{before['id']}", json=body)
+    if as_json:
+        click.echo(json.dumps(after))
+        return
+    changed = [name for name in SETTINGS_SHOWN if before[name] != after[name]]
+    if not changed:
+        click.echo(f"{after['name']} already has these settings: nothing changed")
+        return
+    for name in changed:
+        click.echo(
+            f"{name}: {_setting_shown(name, before[name])} -> {_setting_shown(name, after[name])}"
+        )
+    click.echo(
+        f"{after['name']} updated; it takes effect at the next deploy: "
+        f"serverflow deploy {after['name']} --wait"
+    )
 
 
 @apps.command("delete")
@@ -676,7 +834,7 @@ def _follow(client: Any, deployments: list[dict[str, Any]]) -> bool:
 @main.command("deploy")
 @click.argument("app")
 @click.option("--commit", default=None, help="Exact commit (default: the branch's head).")
-@click.option("--branch", default=None, help="Deploy this branch instead of the app's.")
+@click.option("--branch", default=None, help="Deploy this branch; the app follows it from now on.")
 @click.option("--wait", is_flag=True, help="Follow the logs; exit non-zero on failure.")
 @click.option("--json", "as_json", is_flag=True)
 @remote
@@ -692,13 +850,22 @@ def deploy_command(
     """Deploy an app (on each of its servers)."""
     client = api_client(url, token)
     body = {k: v for k, v in (("commit", commit), ("branch", branch)) if v}
+    before = client.request("GET", f"/apps/{app}") if branch else None
     deps = client.request("POST", f"/apps/{app}/deploy", json=body)["deployments"]
+    if before is not None and before["branch"] != branch:
+        # On stderr with --json: the JSON stays the only thing on stdout.
+        click.echo(
+            f"{before['name']} now follows branch {branch} (was {_branch_shown(before)})",
+            err=as_json,
+        )
     if as_json and not wait:
         click.echo(json.dumps(deps))
         return
     if not wait:
         for dep in deps:
-            click.echo(f"deployment {dep['id']} queued; follow: serverflow logs {app} --follow")
+            click.echo(
+                f"deployment {dep['id']} queued; follow: serverflow logs {app} --deploy --follow"
+            )
         return
     if not _follow(client, deps):
         raise click.exceptions.Exit(1)
@@ -725,6 +892,52 @@ def rollback_command(
         raise click.exceptions.Exit(1)
 
 
+def _scale_pairs(pairs: tuple[str, ...]) -> dict[str, int]:
+    scale = {}
+    for pair in pairs:
+        kind, sep, count = pair.partition("=")
+        if not sep or not kind or not count.isdigit():
+            raise click.BadParameter(f"{pair!r} is not TYPE=COUNT (like worker=2)")
+        scale[kind] = int(count)
+    return scale
+
+
+@main.command("ps:scale")
+@click.argument("app")
+@click.argument("pairs", nargs=-1)
+@click.option("--wait", is_flag=True, help="Follow the config deployments; non-zero on failure.")
+@click.option("--json", "as_json", is_flag=True)
+@remote
+def ps_scale(
+    app: str,
+    pairs: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Processes per Procfile type: `serverflow ps:scale shop worker=2 clock=0`.
+
+    Types other than web run 1 process unless scaled (0 to 20). Applies at once where the
+    app is live (a config release, no rebuild); without TYPE=COUNT, shows the formation."""
+    client = api_client(url, token)
+    if not pairs:
+        shown = client.request("GET", f"/apps/{app}")
+        if as_json:
+            click.echo(json.dumps(shown["formation"]))
+        else:
+            click.echo(
+                _formation_shown(shown) or "web=1, and 1 of each other Procfile process type"
+            )
+        return
+    result = client.request("PUT", f"/apps/{app}/formation", json={"scale": _scale_pairs(pairs)})
+    if as_json and not wait:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{result['name']}: {_formation_shown(result)}")
+    _config_queued(client, result, wait)
+
+
 @main.command("deployments")
 @click.argument("app")
 @click.option("--json", "as_json", is_flag=True)
@@ -744,13 +957,20 @@ def deployments_command(app: str, as_json: bool, url: str | None, token: str | N
         )
 
 
-@main.command("logs")
-@click.argument("app")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing until it ends.")
-@remote
-def logs_command(app: str, follow: bool, url: str | None, token: str | None) -> None:
-    """The log of the app's latest deployment."""
-    client = api_client(url, token)
+def _app_log_line(line: dict[str, Any], with_server: bool) -> str:
+    """`web r3-abc1234 | listening on 4001` (worker.2 for the second worker)."""
+    process = line["type"] + (f".{line['index']}" if line["index"] > 1 else "")
+    server = f"{line['server']} " if with_server else ""
+    return f"{server}{process} {line['release']} | {line['line']}"
+
+
+def _notice(data: dict[str, Any]) -> None:
+    where = f"{data['server']}: " if data.get("server") else ""
+    code = f"[{data['code']}] " if data.get("code") else ""
+    click.echo(f"-- {where}{code}{data['message']}", err=True)
+
+
+def _deploy_log(client: Any, app: str, follow: bool, lines: int | None) -> None:
     rows = client.request("GET", f"/apps/{app}/deployments")["deployments"]
     if not rows:
         raise click.ClickException(f"{app} has no deployments yet")
@@ -758,9 +978,59 @@ def logs_command(app: str, follow: bool, url: str | None, token: str | None) -> 
     if follow:
         _follow(client, [latest])
         return
-    for line in client.request("GET", f"/deployments/{latest['id']}/logs")["lines"]:
+    shown = client.request("GET", f"/deployments/{latest['id']}/logs")["lines"]
+    for line in shown[-lines:] if lines else shown:
         stage = f"[{line['stage']}] " if line["stage"] else ""
         click.echo(f"{stage}{line['line']}")
+
+
+@main.command("logs")
+@click.argument("app")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--deploy", is_flag=True, help="The latest deployment's log instead.")
+@click.option(
+    "--lines", "-n", type=click.IntRange(1, 1000), default=None, help="How many (default 100)."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON (with --follow: one line each).")
+@remote
+def logs_command(
+    app: str,
+    follow: bool,
+    deploy: bool,
+    lines: int | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """What the app's processes print (stdout and stderr) on its servers, each line
+    prefixed by its process type and release; --deploy: the latest deployment's log."""
+    client = api_client(url, token)
+    if deploy:
+        _deploy_log(client, app, follow, lines)
+        return
+    query = f"/apps/{app}/logs?lines={lines or 100}"
+    if not follow:
+        answer = client.request("GET", query)
+        if as_json:
+            click.echo(json.dumps(answer))
+            return
+        several = len({line["server"] for line in answer["lines"]}) > 1
+        for line in answer["lines"]:
+            click.echo(_app_log_line(line, several))
+        for problem in answer["problems"]:
+            _notice(problem)
+        return
+    servers = client.request("GET", f"/apps/{app}")["servers"]
+    try:
+        for event, data in client.events(query + "&follow=true"):
+            if as_json:
+                click.echo(json.dumps({"event": event, **data}))
+            elif event == "log":
+                click.echo(_app_log_line(data, len(servers) > 1))
+            elif event == "notice":
+                _notice(data)
+    except KeyboardInterrupt:  # how a follow ends
+        return
 
 
 @main.group()

@@ -106,6 +106,14 @@ class AgentUnavailable(ServerFlowError):
     default_message = "The server's agent is not connected."
 
 
+class LogsUnavailable(ServerFlowError):
+    """The agent answered `app.logs` with a failure (or not in time); the message says why."""
+
+    code = "LOG001"
+    status = 502
+    default_message = "The agent could not read the app's logs."
+
+
 # Every code: HTTP status (or "CLI" for command-line-only errors) and meaning.
 # docs/errors.md is generated from this table (scripts/errors_doc.py).
 CODES: dict[str, tuple[int | str, str]] = {
@@ -153,9 +161,11 @@ CODES: dict[str, tuple[int | str, str]] = {
     "APP004": (409, "A domain is already used by another app."),
     "APP005": (409, "An app with this name already exists in the organisation."),
     "APP006": (400, "Removing an app from one of its servers is not supported yet."),
+    "APP007": (400, "The web and release process types cannot be scaled."),
     "DEP001": (404, "Deployment not found."),
     "DEP002": (404, "No release with this id was ever live."),
     "DEP003": (409, "No earlier release to roll back to."),
+    "LOG001": (502, "The agent could not read the app's logs (not running there, or it failed)."),
     "HOOK001": (401, "The webhook signature or token is missing or wrong; nothing deployed."),
     "HOOK002": (400, "The webhook body is not a JSON object."),
     "HOOK404": (404, "No such webhook."),

@@ -294,7 +294,9 @@ class App(TenantModel):
     id = fields.UUIDField(primary_key=True, default=uuid.uuid4)
     name = fields.CharField(max_length=63)
     repo_url = fields.CharField(max_length=1000)
-    branch = fields.CharField(max_length=255, default="main")
+    branch = fields.CharField(max_length=255, null=True)  # null: the repository's default
+    # The repository's default branch as the last deploy of the default found it.
+    default_branch = fields.CharField(max_length=255, null=True)
     build_commands: Any = fields.JSONField(null=True)  # list of argv lists; null: detect
     start_command: Any = fields.JSONField(null=True)  # argv; null: detect
     port = fields.IntField(null=True)  # fixed port; null: a fresh one per release
@@ -305,6 +307,8 @@ class App(TenantModel):
     tls = fields.BooleanField(default=True)
     runtime = fields.CharField(max_length=40, default="pm2")
     keep_releases = fields.IntField(default=5)
+    # Processes per Procfile type other than web, {type: count}; a type not named runs 1.
+    formation: Any = fields.JSONField(default=dict)
     webhook_secret_encrypted = fields.TextField(default="")
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
@@ -356,8 +360,10 @@ class Deployment(TenantModel):
     )
     server_id: uuid.UUID
     number = fields.IntField()  # per app and server: 1, 2, 3...
-    kind = fields.CharField(max_length=16, default="deploy")  # deploy | rollback
-    branch = fields.CharField(max_length=255, default="")
+    kind = fields.CharField(max_length=16, default="deploy")  # deploy | rollback | config
+    # The branch deployed; null until the repository's default branch is resolved (and for
+    # an exact commit of an app that follows the default branch).
+    branch = fields.CharField(max_length=255, null=True)
     commit_sha = fields.CharField(max_length=40, null=True)
     release = fields.CharField(max_length=64, null=True)
     spec: Any = fields.JSONField(null=True)  # the app entry sent to the agent (env omitted)

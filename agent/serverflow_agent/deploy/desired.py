@@ -38,6 +38,7 @@ check_env = naming.failing_as(DeployError, naming.check_env)
 check_health_path = naming.failing_as(DeployError, naming.check_health_path)
 check_domains = naming.failing_as(DeployError, naming.check_domains)
 check_runtime_name = naming.failing_as(DeployError, naming.check_runtime_name)
+check_process_type = naming.failing_as(DeployError, naming.check_process_type)
 redact = naming.redact
 
 
@@ -94,6 +95,7 @@ class AppSpec:
     domains: tuple[str, ...] = ()
     tls: bool = False
     keep_releases: int = DEFAULT_KEEP_RELEASES
+    formation: Mapping[str, int] = field(default_factory=dict)  # processes per type
     digest: str = ""
 
     @property
@@ -144,6 +146,21 @@ def parse_app(raw: Any) -> AppSpec:
     keep = raw.get("keep_releases", DEFAULT_KEEP_RELEASES)
     if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 100:
         raise DeployError("keep_releases must be an integer from 1 to 100")
+    formation = raw.get("formation") or {}
+    if not isinstance(formation, dict) or len(formation) > 20:
+        raise DeployError("formation must be an object {process type: count}")
+    for kind, count in formation.items():
+        check_process_type(kind)
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or not 0 <= count <= naming.PROCESS_SCALE_MAX
+        ):
+            raise DeployError(
+                f"formation: {kind} must be a count from 0 to {naming.PROCESS_SCALE_MAX}"
+            )
+    if naming.WEB in formation and formation[naming.WEB] != 1:
+        raise DeployError("formation: web runs one process per server")
     return AppSpec(
         name=name,
         release=check_release_id(raw.get("release")),
@@ -158,5 +175,6 @@ def parse_app(raw: Any) -> AppSpec:
         domains=tuple(domains),
         tls=tls,
         keep_releases=keep,
+        formation=dict(formation),
         digest=entry_digest(raw),
     )

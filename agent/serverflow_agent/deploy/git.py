@@ -69,14 +69,44 @@ def ls_remote(repo: str, branch: str) -> str:
     raise DeployError(f"branch {branch!r} does not exist in {redact(repo)}")
 
 
+def default_branch(repo: str) -> tuple[str, str]:
+    """The branch the remote's HEAD names, and its commit (`git ls-remote --symref`)."""
+    check_repo(repo)
+    result = _git(["ls-remote", "--symref", "--", repo, "HEAD"], LS_REMOTE_TIMEOUT_S)
+    if result.returncode != 0:
+        raise DeployError(f"cannot read the repository {redact(repo)}: {_why(result, repo)}")
+    branch = commit = None
+    for line in result.stdout.splitlines():
+        head, _, name = line.partition("\t")
+        if name != "HEAD":
+            continue
+        if head.startswith("ref: refs/heads/"):
+            branch = head[len("ref: refs/heads/") :]
+        elif not head.startswith("ref:"):
+            commit = head
+    if commit is None:
+        raise DeployError(f"the repository {redact(repo)} has no commits yet")
+    if branch is None:
+        raise DeployError(
+            f"the HEAD of {redact(repo)} names no branch, so it has no default branch: "
+            "give the app a branch"
+        )
+    return check_branch(branch), check_commit(commit)
+
+
 def resolve(params: dict[str, Any]) -> dict[str, Any]:
-    """Action `git.resolve`: {repo, branch} -> {commit}."""
+    """Action `git.resolve`: {repo, branch?} -> {branch, ref, commit}; without a branch,
+    the repository's default branch."""
     try:
-        commit = ls_remote(params["repo"], params["branch"])
+        branch = params.get("branch")
+        if branch is None:
+            branch, commit = default_branch(params["repo"])
+        else:
+            commit = ls_remote(params["repo"], branch)
     except DeployError as exc:
         # The runner reports an exception's text as the error message: keep it readable.
         raise GitError(exc.reason) from None
-    return {"branch": params["branch"], "ref": f"refs/heads/{params['branch']}", "commit": commit}
+    return {"branch": branch, "ref": f"refs/heads/{branch}", "commit": commit}
 
 
 class GitError(Exception):

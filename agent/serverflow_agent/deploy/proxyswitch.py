@@ -7,7 +7,7 @@ never load (or depend on) the proxy code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,9 +31,13 @@ class ProxySwitch(Protocol):
         tls: bool,
         port: int | None = None,
         static_root: Path | None = None,
+        static_paths: Sequence[tuple[str, str]] = (),
+        progress: Callable[[str], None] | None = None,
     ) -> None:
-        """Route `domains` to `port` (or serve `static_root`), then return once the proxy
-        answers with `release`; raise ProxySwitchError with the old routing intact."""
+        """Route `domains` to `port` (or serve `static_root`), with `static_paths` (URL
+        prefix, directory) served by the proxy itself, then return once the proxy answers
+        with `release`; raise ProxySwitchError with the old routing intact. `progress`
+        hears about the certificate."""
 
     def remove(self, app: str) -> None:
         """Stop routing to `app` (no error if it was not routed)."""
@@ -60,6 +64,8 @@ class NginxSwitch:
         tls: bool,
         port: int | None = None,
         static_root: Path | None = None,
+        static_paths: Sequence[tuple[str, str]] = (),
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         from serverflow_agent.proxy import ProxyError, Route
 
@@ -67,9 +73,10 @@ class NginxSwitch:
             list(domains),
             upstream_port=port,
             static_root=None if static_root is None else str(static_root),
+            static_paths=tuple(static_paths),
         )
         try:
-            self._get().switch(app, route, release, tls=tls)
+            self._get().switch(app, route, release, tls=tls, progress=progress)
         except ProxyError as exc:
             raise ProxySwitchError(str(exc)) from exc
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -27,8 +29,8 @@ from typing import Any
 
 from serverflow_agent import progress
 from serverflow_agent.config import state_dir_from
-from serverflow_agent.deploy import git, ports
-from serverflow_agent.deploy.build import Builder
+from serverflow_agent.deploy import git, ports, procfile, versions
+from serverflow_agent.deploy.build import Builder, short
 from serverflow_agent.deploy.desired import (
     AppSpec,
     DeployError,
@@ -45,7 +47,7 @@ from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.state import AgentState
 from serverflow_contract import naming
 from serverflow_contract.desired import document_hash
-from serverflow_contract.runtime import ReleaseProcess, Runtime, RuntimeFailure
+from serverflow_contract.runtime import ProcessInfo, ReleaseProcess, Runtime, RuntimeFailure
 
 APPLY_BUDGET_S = 1700.0  # the action's timeout is 1800 s: leave time to answer
 LOCK_TIMEOUT_S = 600.0
@@ -53,6 +55,7 @@ LOG_TAIL_LINES = 30
 APPLIED_KEY = "deploy.applied"
 RUNNING = {"online", "launching", "waiting restart"}
 CRASH_RESTARTS = 2
+WORKER_SETTLE_S = 2.0  # a process without a port must keep running this long
 
 Emit = Callable[[str, str | None, str | None], None]
 
@@ -201,8 +204,8 @@ class Reconciler:
                 return False
             if not state or state.get("status") != "live":
                 return False
-            process = state.get("process")
-            if process is None:
+            processes = _process_names(state)
+            if not processes:
                 continue
             runtime_name = str(state.get("runtime"))
             if runtime_name not in listings:
@@ -210,7 +213,7 @@ class Reconciler:
                 if runtime is None:
                     return False
                 listings[runtime_name] = {p.name for p in runtime.status("") if p.status in RUNNING}
-            if process not in listings[runtime_name]:
+            if not set(processes) <= listings[runtime_name]:
                 return False
         return True
 
@@ -265,20 +268,22 @@ class Reconciler:
             "commit": spec.commit,
             "port": None,
             "reason": reason,
-            "log_tail": [line[:500] for line in tail[-LOG_TAIL_LINES:]],
+            "log_tail": [line[:500] for line in once(tail)[-LOG_TAIL_LINES:]],
         }
         if old is not None:
             failed["serving"] = {"release": old.get("release"), "port": old.get("port")}
         return failed
 
     def _running(self, state: dict[str, Any]) -> bool:
-        process = state.get("process")
-        if process is None:
+        names = _process_names(state)
+        if not names:
             return True  # a static site: nothing to run
         runtime = self.runtimes.get(str(state.get("runtime")))
         if runtime is None:
             return False
-        return any(p.name == process and p.status in RUNNING for p in runtime.status(process))
+        prefix = naming.process_prefix(str(state.get("app")))
+        running = {p.name for p in runtime.status(prefix) if p.status in RUNNING}
+        return set(names) <= running
 
     def _deploy(self, spec: AppSpec, app: AppDir, old: dict[str, Any] | None) -> dict[str, Any]:
         runtime = self.runtimes.get(spec.runtime)
@@ -295,38 +300,62 @@ class Reconciler:
             ports.check_fixed(spec.port)  # before building anything
         app.create()
         plan = self._prepare(spec, app)
-        release_dir = app.release(spec.release)
-        old_process = old.get("process") if old else None
-        process: str | None = None
+        release_dir = app.build_dir(spec.release)
+        env = app_env(release_dir, conventions(spec, plan), None)
+        again = bool(old and old.get("release") == spec.release)
+        if plan.release is not None and not again:
+            self._release_phase(spec, plan, release_dir, env)
+        old_names = set(_process_names(old or {}))
+        # The same release again (new settings, or brought back): other process names.
+        label = spec.release
+        if naming.process_name(spec.name, label) in old_names:
+            label = f"{spec.release}-b"
+        started: list[str] = []
+        web: str | None = None
         port: int | None = None
         stopped_old = False
         try:
             if plan.start is not None:
                 port, stopped_old = self._port(spec, old, runtime)
-                env = app_env(release_dir, spec.env, port)
-                argv = _program(plan.start, release_dir, env, port)
-                process = naming.process_name(spec.name, spec.release)
-                if process == old_process:  # the same release again (new settings)
-                    process += "-b"
-                self.emit(f"starting {' '.join(argv)} on port {port}", spec.name, "start")
-                runtime.start(ReleaseProcess(process, argv, release_dir, env))
-                self._wait_healthy(spec, runtime, process, port)
-            elif spec.domains:
-                self.emit("static site: the proxy serves the release directory", spec.name, "start")
-            else:
-                self.emit("static site without domains: nothing serves it", spec.name, "start")
-            self._switch_proxy(spec, old, port, None if plan.start else release_dir)
-        except BaseException:
-            if process is not None:
-                self.emit(f"stopping the new release {spec.release}", spec.name, "rollback")
-                with contextlib.suppress(RuntimeFailure):
-                    runtime.delete(process)
-            if stopped_old and old_process:
+                web = naming.process_name(spec.name, label)
+                self._start(spec, runtime, web, plan.start, release_dir, {**env, "PORT": str(port)})
+                started.append(web)
+            workers = self._start_workers(spec, plan, runtime, label, release_dir, env)
+            started += workers
+            if web is not None and port is not None:
+                self._wait_healthy(spec, runtime, web, port, started)
+            if workers:
+                self._wait_alive(spec, runtime, workers)
+            static_root = release_dir if plan.kind == "static" else None
+            if plan.start is None and plan.kind != "static":
+                if spec.domains:
+                    self.emit(
+                        "no web process (the Procfile has no web: line): the domains are "
+                        "not routed",
+                        spec.name,
+                        "proxy",
+                    )
+            elif plan.kind == "static":
                 self.emit(
-                    f"starting the previous release {old_process} again", spec.name, "rollback"
+                    "static site: the proxy serves the release directory"
+                    if spec.domains
+                    else "static site without domains: nothing serves it",
+                    spec.name,
+                    "start",
                 )
+            if plan.start is not None or plan.kind == "static":
+                self._switch_proxy(spec, old, port, static_root, plan.static)
+        except BaseException:
+            if started:
+                self.emit(f"stopping the new release {spec.release}", spec.name, "rollback")
+            for name in started:
                 with contextlib.suppress(RuntimeFailure):
-                    runtime.restart(old_process)
+                    runtime.delete(name)
+            old_web = old.get("process") if old else None
+            if stopped_old and old_web:
+                self.emit(f"starting the previous release {old_web} again", spec.name, "rollback")
+                with contextlib.suppress(RuntimeFailure):
+                    runtime.restart(str(old_web))
             raise
         # The new release serves: from here on, this is what runs.
         app.switch_current(spec.release)
@@ -338,9 +367,10 @@ class Reconciler:
                 "release": spec.release,
                 "commit": spec.commit,
                 "runtime": spec.runtime,
-                "process": process,
+                "process": web,
+                "processes": started,
                 "port": port,
-                "static_root": None if plan.start else str(release_dir),
+                "static_root": str(release_dir) if plan.kind == "static" else None,
                 "domains": list(spec.domains),
                 "tls": spec.tls,
                 "digest": spec.digest,
@@ -350,7 +380,7 @@ class Reconciler:
                 "updated_at": now_ms(),
             }
         )
-        self._retire(spec, runtime, old, process, drained=not stopped_old)
+        self._retire(spec, runtime, old, started, drained=not stopped_old)
         protect = {spec.release} | ({old["release"]} if old and old.get("release") else set())
         removed = app.prune(spec.keep_releases, history, protect)
         if removed:
@@ -360,11 +390,76 @@ class Reconciler:
             "release": spec.release,
             "commit": spec.commit,
             "port": port,
-            "process": process,
+            "process": web,
+            "processes": started,
         }
 
+    def _start(
+        self,
+        spec: AppSpec,
+        runtime: Runtime,
+        name: str,
+        command: tuple[str, ...],
+        release_dir: Path,
+        env: Mapping[str, str],
+    ) -> None:
+        argv, assigned = _program(command, release_dir, env)
+        where = f" on port {env['PORT']}" if "PORT" in env else ""
+        self.emit(f"starting {name}: {' '.join(argv)}{where}", spec.name, "start")
+        runtime.start(ReleaseProcess(name, argv, release_dir, {**env, **assigned}))
+
+    def _start_workers(
+        self,
+        spec: AppSpec,
+        plan: Plan,
+        runtime: Runtime,
+        label: str,
+        release_dir: Path,
+        env: Mapping[str, str],
+    ) -> list[str]:
+        """Start the release's other Procfile process types, as many as `formation` says."""
+        declared = {kind for kind, _ in plan.processes}
+        unknown = sorted(set(spec.formation) - declared - {naming.WEB})
+        if unknown:
+            self.emit(
+                f"formation names {', '.join(unknown)}, which the Procfile does not have",
+                spec.name,
+                "start",
+            )
+        names = []
+        for kind, command in plan.processes:
+            count = spec.formation.get(kind, 1)
+            if count == 0:
+                self.emit(f"{kind}: scaled to 0, not started", spec.name, "start")
+            for index in range(1, count + 1):
+                name = naming.process_name(spec.name, label, kind, index)
+                process_env = {**env, "SERVERFLOW_PROCESS": f"{kind}.{index}"}
+                self._start(spec, runtime, name, command, release_dir, process_env)
+                names.append(name)
+        return names
+
+    def _release_phase(
+        self, spec: AppSpec, plan: Plan, release_dir: Path, env: Mapping[str, str]
+    ) -> None:
+        """The Procfile's release command: once per new release, in it, before the switch."""
+        assert plan.release is not None
+        argv, assigned = _program(plan.release, release_dir, env)
+        self.emit(
+            "running the release command (the old release keeps serving)", spec.name, "release"
+        )
+        Builder(
+            release_dir,
+            {**env, **assigned},
+            self.settings.cache_dir,
+            self.settings.python,
+            lambda line: self.emit(line, spec.name, "release"),
+            self.deadline,
+        ).run(argv, what=f"the release command `{short(argv)}`")
+        self.emit("release command done", spec.name, "release")
+
     def _prepare(self, spec: AppSpec, app: AppDir) -> Plan:
-        """The built release: reused when it exists, else fetched, checked out and built."""
+        """The built release: reused when it (or another release of the same commit and
+        build settings) exists, else fetched, checked out and built."""
         marker = app.built(spec.release)
         if marker is not None and marker.get("commit") == spec.commit:
             self.emit(
@@ -372,15 +467,27 @@ class Reconciler:
                 spec.name,
                 "checkout",
             )
-            plan = Plan.from_dict(marker["plan"])
-            return plan if spec.start is None else replace(plan, start=spec.start)
-        release_dir = app.release(spec.release)
-        if marker is not None and app.current_release() == spec.release:
+            return self._planned(spec, marker)
+        running = (app.state() or {}).get("release")
+        if marker is not None and running == spec.release:
             raise DeployError(
                 f"release {spec.release} is running with commit {str(marker.get('commit'))[:12]}; "
                 "a release id names one commit: deploy this one under a new release id"
             )
         app.forget(spec.release)  # a leftover of an interrupted build, or another commit
+        inputs = build_inputs(spec)
+        found = app.find_build(inputs)
+        if found is not None:
+            source, marker = found
+            self.emit(
+                f"commit {spec.commit[:12]} is already built (release {source}): reusing its "
+                "build (no fetch, no build)",
+                spec.name,
+                "checkout",
+            )
+            app.mark_built(spec.release, {**marker, "build": source, "built_at": now_ms()})
+            return self._planned(spec, marker)
+        release_dir = app.release(spec.release)
         try:
             git.sync(
                 spec.repo,
@@ -393,21 +500,59 @@ class Reconciler:
             git.export(app.mirror, spec.commit, release_dir)
             plan = detect(release_dir, spec.build, spec.start)
             self.emit(_describe(plan), spec.name, "detect")
-            Builder(
-                release_dir,
-                app_env(release_dir, spec.env, spec.port),
-                self.settings.cache_dir,
-                self.settings.python,
-                lambda line: self.emit(line, spec.name, "build"),
-                self.deadline,
-            ).build(plan)
+            for note in plan.notes:
+                self.emit(note, spec.name, "detect")
+            plan = self._build(spec, plan, release_dir)
         except BaseException:
             app.forget(spec.release)
             raise
         app.mark_built(
-            spec.release, {"commit": spec.commit, "plan": plan.as_dict(), "built_at": now_ms()}
+            spec.release,
+            {
+                "commit": spec.commit,
+                "inputs": inputs,
+                "plan": plan.as_dict(),
+                "built_at": now_ms(),
+            },
         )
         return plan
+
+    @staticmethod
+    def _planned(spec: AppSpec, marker: dict[str, Any]) -> Plan:
+        plan = Plan.from_dict(marker["plan"])
+        return plan if spec.start is None else replace(plan, start=spec.start)
+
+    def _build(self, spec: AppSpec, plan: Plan, release_dir: Path) -> Plan:
+        """Check the interpreter versions the repository asks for, then build."""
+
+        def emit(line: str) -> None:
+            self.emit(line, spec.name, "build")
+
+        env = app_env(release_dir, conventions(spec, plan), spec.port)
+        python = self.settings.python
+        found: list[tuple[str, str]] = []
+        if plan.kind == "node":
+            node = versions.node(release_dir, env)
+            if node is not None:
+                found.append(("node", node.describe("Node.js")))
+        python_version = None
+        if plan.python_env is not None or versions.python_request(release_dir) is not None:
+            interpreter = versions.python(release_dir, python, env, emit, self._left())
+            python = interpreter.program
+            python_version = interpreter.version + (
+                f" (from {interpreter.source})" if interpreter.source else ""
+            )
+            found.append(("python", interpreter.describe("Python")))
+        for _, text in found:
+            self.emit(text, spec.name, "detect")
+        builder = Builder(release_dir, env, self.settings.cache_dir, python, emit, self.deadline)
+        builder.python_version = python_version
+        builder.build(plan)
+        static = builder.django_static() if plan.kind == "python" else ()
+        return replace(plan, versions=tuple(found), static=static)
+
+    def _left(self) -> float:
+        return max(1.0, self.deadline - time.monotonic())
 
     def _port(
         self, spec: AppSpec, old: dict[str, Any] | None, runtime: Runtime
@@ -445,19 +590,20 @@ class Reconciler:
                 reserved.add(state["port"])
         return reserved
 
-    def _wait_healthy(self, spec: AppSpec, runtime: Runtime, process: str, port: int) -> None:
+    def _wait_healthy(
+        self, spec: AppSpec, runtime: Runtime, process: str, port: int, started: list[str]
+    ) -> None:
         what = f"GET {spec.health.path}" if spec.health.path else "a connection"
-        self.emit(f"health check: waiting for {what} on port {port}", spec.name, "health")
+        host = spec.domains[0] if spec.domains and spec.health.path else None
+        shown = f"{what} (Host: {host})" if host else what
+        self.emit(f"health check: waiting for {shown} on port {port}", spec.name, "health")
 
         def crashed() -> str | None:
-            found = [p for p in runtime.status(process) if p.name == process]
-            if not found:
-                return "process disappeared"
-            info = found[0]
-            if info.status in ("errored", "stopped", "stopping"):
-                return f"crashed on start (status {info.status}, restarted {info.restarts} times)"
-            if info.restarts >= CRASH_RESTARTS:
-                return f"crashed on start (restarted {info.restarts} times)"
+            listed = {p.name: p for p in runtime.status(spec.process_prefix)}
+            for name in started:
+                why = _crash(listed.get(name))
+                if why:
+                    return why if name == process else f"process {name} {why}"
             return None
 
         try:
@@ -466,12 +612,11 @@ class Reconciler:
                 spec.health,
                 crashed,
                 lambda line: self.emit(line, spec.name, "health"),
+                host=host,
+                tls=spec.tls,
             )
         except DeployError as exc:
-            tail = runtime.logs(process, LOG_TAIL_LINES)
-            for line in tail[-10:]:
-                self.emit(f"app: {line}", spec.name, "health")
-            raise DeployError(exc.reason, tail) from None
+            raise DeployError(exc.reason, runtime.logs(process, LOG_TAIL_LINES)) from None
         # The answer must have come from the new release, not from whatever else may
         # hold the port (a leftover process, another program that took it meanwhile).
         found = [p for p in runtime.status(process) if p.name == process and p.pid]
@@ -484,12 +629,32 @@ class Reconciler:
             )
         self.emit("health check passed", spec.name, "health")
 
+    def _wait_alive(self, spec: AppSpec, runtime: Runtime, names: list[str]) -> None:
+        """Processes without a port are healthy when they keep running for a while."""
+        self.emit(
+            f"checking that {', '.join(names)} keep running ({WORKER_SETTLE_S:g} s)",
+            spec.name,
+            "health",
+        )
+        deadline = time.monotonic() + WORKER_SETTLE_S
+        while True:
+            listed = {p.name: p for p in runtime.status(spec.process_prefix)}
+            for name in names:
+                why = _crash(listed.get(name))
+                if why:
+                    raise DeployError(f"process {name} {why}", runtime.logs(name, LOG_TAIL_LINES))
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        self.emit("processes are running", spec.name, "health")
+
     def _switch_proxy(
         self,
         spec: AppSpec,
         old: dict[str, Any] | None,
         port: int | None,
         static_root: Path | None,
+        static_paths: tuple[tuple[str, str], ...] = (),
     ) -> None:
         if spec.domains:
             self.emit(f"switching the proxy: {', '.join(spec.domains)}", spec.name, "proxy")
@@ -501,6 +666,8 @@ class Reconciler:
                     tls=spec.tls,
                     port=port,
                     static_root=static_root,
+                    static_paths=static_paths if port is not None else (),
+                    progress=lambda line: self.emit(line, spec.name, "certificate"),
                 )
             except ProxySwitchError as exc:
                 raise DeployError(f"proxy: {exc}") from exc
@@ -517,15 +684,15 @@ class Reconciler:
         spec: AppSpec,
         runtime: Runtime,
         old: dict[str, Any] | None,
-        process: str | None,
+        started: list[str],
         drained: bool,
     ) -> None:
         """Stop the old release (after the drain), and anything else left of this app."""
         old = old or {}
-        old_process = old.get("process")
+        old_names = [n for n in _process_names(old) if n not in started]
         old_runtime = self.runtimes.get(str(old.get("runtime")))
-        if old_process and old_process != process:
-            if drained and self.settings.drain_seconds > 0:
+        if old_names:
+            if drained and old.get("process") and self.settings.drain_seconds > 0:
                 self.emit(
                     f"draining the old release for {self.settings.drain_seconds:g} s",
                     spec.name,
@@ -533,11 +700,12 @@ class Reconciler:
                 )
                 time.sleep(self.settings.drain_seconds)
             self.emit(f"stopping the old release {old.get('release')}", spec.name, "stop")
-            with contextlib.suppress(RuntimeFailure):
-                (old_runtime or runtime).delete(str(old_process))
+            for name in old_names:
+                with contextlib.suppress(RuntimeFailure):
+                    (old_runtime or runtime).delete(name)
         # Processes of this app that nothing points at (an interrupted deploy's, say).
         for info in runtime.status(spec.process_prefix):
-            if info.name != process:
+            if info.name not in started:
                 with contextlib.suppress(RuntimeFailure):
                     runtime.delete(info.name)
 
@@ -570,16 +738,92 @@ def _describe(plan: Plan) -> str:
     steps = [" ".join(s) for s in plan.build]
     if plan.python_env:
         steps.insert(0, f"virtualenv ({plan.python_env})")
-    start = " ".join(plan.start) if plan.start else "none (static files)"
+    if plan.start:
+        start = " ".join(plan.start)
+    else:
+        start = "none (static files)" if plan.kind == "static" else "none (no web process)"
     return f"{plan.kind} app: build: {'; '.join(steps) or 'nothing'}; start: {start}"
 
 
+def once(lines: list[str]) -> list[str]:
+    """`lines` with a repeated ending kept once (a process that crashed and was restarted
+    prints the same lines at each start), saying how many times it came."""
+    for size in range(1, len(lines) // 2 + 1):
+        block = lines[-size:]
+        if lines[-2 * size : -size] != block:
+            continue
+        runs, end = 1, len(lines) - size
+        while end - size >= 0 and lines[end - size : end] == block:
+            runs, end = runs + 1, end - size
+        rest = lines[:end]
+        if rest and block[-len(rest) :] == rest:
+            rest = []  # the start of the tail is the end of one more run, cut off
+        said = "the line above" if size == 1 else f"the {size} lines above"
+        return [*rest, *block, f"({said} came {runs} times in a row)"]
+    return lines
+
+
+def _process_names(state: Mapping[str, Any]) -> list[str]:
+    """Every process a recorded state runs (states before process types had only one)."""
+    names = state.get("processes")
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    process = state.get("process")
+    return [str(process)] if process else []
+
+
+def _crash(info: ProcessInfo | None) -> str | None:
+    if info is None:
+        return "disappeared"
+    if info.status in ("errored", "stopped", "stopping"):
+        return f"crashed on start (status {info.status}, restarted {info.restarts} times)"
+    if info.restarts >= CRASH_RESTARTS:
+        return f"crashed on start (restarted {info.restarts} times)"
+    return None
+
+
+def build_inputs(spec: AppSpec) -> str:
+    """What a build depends on, as a digest: two releases with the same one share a build
+    (env vars are not part of it, as on Heroku: a config change does not rebuild)."""
+    body = {"v": 1, "commit": spec.commit, "build": [list(s) for s in spec.build or []] or None}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def conventions(spec: AppSpec, plan: Plan) -> dict[str, str]:
+    """The app's env with what the common buildpacks provide (docs/deploys.md,
+    "Conventions"): the app's own values win, except for SERVERFLOW_*, which are ours."""
+    env: dict[str, str] = {}
+    if plan.kind == "node":
+        env["NODE_ENV"] = "production"
+    if plan.kind == "python" or plan.python_env:
+        env["PYTHONUNBUFFERED"] = "1"  # output reaches the logs as it is printed
+    env.update(spec.env)
+    env["SERVERFLOW_APP"] = spec.name
+    env["SERVERFLOW_RELEASE"] = spec.release
+    if spec.domains:
+        env["SERVERFLOW_DOMAIN"] = spec.domains[0]
+        env["SERVERFLOW_DOMAINS"] = ",".join(spec.domains)
+    return env
+
+
 def _program(
-    start: tuple[str, ...], release: Path, env: Mapping[str, str], port: int
-) -> tuple[str, ...]:
-    """The start argv with $PORT filled in and argv[0] an absolute path (PM2 gets no shell
-    to do either)."""
-    argv = [a.replace("${PORT}", str(port)).replace("$PORT", str(port)) for a in start]
+    command: tuple[str, ...], release: Path, env: Mapping[str, str]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The argv to run (variables filled in, argv[0] an absolute path: PM2 gets no shell to
+    do either) and the variables the command's leading NAME=value words set."""
+    words = list(command)
+    assigned: dict[str, str] = {}
+    while len(words) > 1 and procfile.ASSIGNMENT.fullmatch(words[0]):
+        key, _, value = words.pop(0).partition("=")
+        assigned[key] = procfile.expand(value, {**env, **assigned})
+    full = {**env, **assigned}
+    argv = [
+        procfile.expand(word, full)
+        for word in words
+        if procfile.expand(word, full) or not procfile.VARIABLE.fullmatch(word)
+    ]
+    if not argv:
+        raise DeployError(f"the command {' '.join(command)!r} is empty once expanded")
     program = argv[0]
     if "/" in program:
         path = Path(program) if os.path.isabs(program) else release / program
@@ -588,4 +832,4 @@ def _program(
         found = shutil.which(program, path=env.get("PATH"))
     if found is None:
         raise DeployError(f"start command not found: {program}")
-    return (found, *argv[1:])
+    return (found, *argv[1:]), assigned

@@ -3,6 +3,7 @@
     <apps_dir>/<app>/repo.git            bare mirror
     <apps_dir>/<app>/releases/<id>/      checked-out files + build output
     <apps_dir>/<app>/meta/<id>.json      written once <id> is built: commit and plan
+                                         (or "build": <other id> whose files it reuses)
     <apps_dir>/<app>/current -> releases/<id>
     <apps_dir>/<app>/state.json          what runs now (release, process, port, history)
 
@@ -102,21 +103,54 @@ class AppDir:
         write_json(self.state_file, {**state, "state_version": STATE_VERSION})
 
     # -- built releases ------------------------------------------------------------------
+    #
+    # A release made from a commit that another kept release already built (a config
+    # change, a deploy of an earlier commit) gets only a marker whose "build" names that
+    # release: both run from the same directory, nothing is fetched or built again.
+
+    def _markers(self) -> dict[str, dict[str, Any]]:
+        found = {}
+        for path in self.meta.glob("*.json") if self.meta.is_dir() else []:
+            marker = read_json(path)
+            if marker is not None:
+                found[path.stem] = marker
+        return found
+
+    @staticmethod
+    def _build_of(release_id: str, marker: dict[str, Any]) -> str:
+        build = marker.get("build")
+        return build if isinstance(build, str) else release_id
+
+    def build_dir(self, release_id: str) -> Path:
+        """The directory a release runs from: its own, or the one it reuses."""
+        marker = read_json(self.meta / f"{check_release_id(release_id)}.json") or {}
+        return self.release(self._build_of(release_id, marker))
 
     def built(self, release_id: str) -> dict[str, Any] | None:
         """The build marker of a release, if it was built completely."""
         marker = read_json(self.meta / f"{check_release_id(release_id)}.json")
-        if marker is None or not self.release(release_id).is_dir():
+        if marker is None or not self.release(self._build_of(release_id, marker)).is_dir():
             return None
         return marker
+
+    def find_build(self, inputs: str) -> tuple[str, dict[str, Any]] | None:
+        """A kept release whose build came from the same inputs (commit, build settings)."""
+        for release_id, marker in sorted(self._markers().items()):
+            if marker.get("inputs") == inputs and "build" not in marker:
+                if self.release(release_id).is_dir():
+                    return release_id, marker
+        return None
 
     def mark_built(self, release_id: str, marker: dict[str, Any]) -> None:
         write_json(self.meta / f"{check_release_id(release_id)}.json", marker, 0o644)
 
     def forget(self, release_id: str) -> None:
-        """Delete a release: its marker first, so a crash never leaves a marked husk."""
+        """Delete a release: its marker first, so a crash never leaves a marked husk; its
+        directory too unless another release reuses it."""
         (self.meta / f"{check_release_id(release_id)}.json").unlink(missing_ok=True)
-        shutil.rmtree(self.release(release_id), ignore_errors=True)
+        users = {self._build_of(r, m) for r, m in self._markers().items()}
+        if release_id not in users:
+            shutil.rmtree(self.release(release_id), ignore_errors=True)
 
     def release_ids(self) -> list[str]:
         if not self.releases.is_dir():
@@ -126,10 +160,10 @@ class AppDir:
     # -- current -------------------------------------------------------------------------
 
     def switch_current(self, release_id: str) -> None:
-        """Point `current` at the release: a new symlink renamed over the old one."""
+        """Point `current` at the release's directory: a new symlink renamed over the old."""
         tmp = self.root / f".current.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
-        os.symlink(Path("releases") / check_release_id(release_id), tmp)
+        os.symlink(Path("releases") / self.build_dir(release_id).name, tmp)
         os.replace(tmp, self.current)
         fsync_dir(self.root)
 
@@ -143,16 +177,17 @@ class AppDir:
     # -- pruning -------------------------------------------------------------------------
 
     def prune(self, keep: int, history: list[str], protect: Collection[str]) -> list[str]:
-        """Delete releases beyond the `keep` most recently live ones (never `protect`)."""
+        """Delete releases beyond the `keep` most recently live ones (never `protect`), and
+        the directories no kept release runs from."""
         kept = set(history[:keep]) | set(protect)
-        removed = []
+        markers = self._markers()
+        removed = sorted(r for r in set(markers) | set(self.release_ids()) if r not in kept)
+        for release_id in removed:
+            (self.meta / f"{release_id}.json").unlink(missing_ok=True)
+        used = {self._build_of(r, markers.get(r, {})) for r in kept}
         for release_id in self.release_ids():
-            if release_id not in kept:
-                self.forget(release_id)
-                removed.append(release_id)
-        for marker in self.meta.glob("*.json") if self.meta.is_dir() else []:
-            if marker.stem not in kept and not (self.releases / marker.stem).exists():
-                marker.unlink(missing_ok=True)
+            if release_id not in used:
+                shutil.rmtree(self.release(release_id), ignore_errors=True)
         return removed
 
 

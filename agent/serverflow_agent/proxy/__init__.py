@@ -47,8 +47,17 @@ class Proxy:
         self.certificates = Certificates(settings.acme, settings.nginx)
         self.wait_timeout = wait_timeout
 
-    def switch(self, app: str, route: Route, release: str, tls: bool = False) -> None:
-        """Serve `release` of `app` at `route`; with `tls`, obtain or reuse a certificate first."""
+    def switch(
+        self,
+        app: str,
+        route: Route,
+        release: str,
+        tls: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serve `release` of `app` at `route`; with `tls`, obtain or reuse a certificate
+        first (saying which through `progress`)."""
+        say = progress or (lambda line: None)
         route = checked(route)
         check_app(app)
         check_release(release)
@@ -59,6 +68,14 @@ class Proxy:
         planned = Tls(*self.certificates.paths(route.domains[0]))
         render(Site(app, route, release, planned), self.nginx.settings, self.nginx.webroot)
         current = self.certificates.existing(route.domains)
+        names = ", ".join(route.domains)
+        if current is not None:
+            say(
+                f"certificate for {names}: reusing the installed one "
+                f"(valid until {current.not_after:%Y-%m-%d})"
+            )
+        else:
+            say(f"certificate for {names}: asking {self.certificates.acme.directory_url}")
         served = self.nginx.sites().get(app)
         # HTTP-01 needs nginx to answer for every domain; the app's file already does for its own.
         pending = [d for d in route.domains if served is None or d not in served.domains]
@@ -70,8 +87,14 @@ class Proxy:
             if current is None:
                 self.nginx.check_challenge(route.domains, self.wait_timeout)
             cert, key = self.certificates.ensure(route.domains)
+            if current is None:
+                issued = self.certificates.info(route.domains[0])
+                until = f" (valid until {issued.not_after:%Y-%m-%d})" if issued else ""
+                say(f"certificate for {names}: issued{until}")
             self.nginx.apply(Site(app, route, release, Tls(cert, key)), self.wait_timeout)
-        except ProxyError:
+        except ProxyError as exc:
+            if isinstance(exc, CertificateError):
+                say(f"certificate for {names}: failed: {exc}")
             if pending:
                 with contextlib.suppress(ProxyError):
                     self.nginx.drop_challenge(app)

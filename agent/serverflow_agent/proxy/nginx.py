@@ -170,6 +170,15 @@ def _app_locations(route: Route) -> list[str]:
             "    proxy_send_timeout 3600s;",
         ]
         out = [f"location {prefix} {{", *proxy, "}"]
+        for url, directory in route.static_paths:
+            # ^~: no regex location may take these; the app never sees them.
+            out += [
+                f"location ^~ {url} {{",
+                f"    alias {directory.rstrip('/')}/;",
+                "    expires 1h;",
+                "    try_files $uri =404;",
+                "}",
+            ]
         if prefix != "/":
             out += [f"location = {prefix.rstrip('/')} {{", *proxy, "}"]
     else:
@@ -226,8 +235,9 @@ class Nginx:
         """Serve `site`: write, `nginx -t`, reload, wait for its release; else restore."""
         text = render(site, self.settings, self.webroot)
         route = checked(site.route)
-        if route.static_root is not None:
-            root = Path(route.static_root)
+        roots = [route.static_root] if route.static_root is not None else []
+        for root_text in [*roots, *(directory for _, directory in route.static_paths)]:
+            root = Path(root_text)
             if not root.is_dir():
                 raise ProxyError(f"the static root {root} is not a directory")
             if (blocker := unreadable(root)) is not None:

@@ -25,13 +25,15 @@ class Route:
     """Where an app is reached: its domains, an optional path prefix, and what serves it.
 
     Exactly one of `upstream_port` (a process on 127.0.0.1) or `static_root` (a directory
-    nginx serves itself) is set.
+    nginx serves itself) is set. `static_paths` are URL prefixes nginx serves from a
+    directory in front of the upstream (a Django app's STATIC_URL, say).
     """
 
     domains: list[str]
     upstream_port: int | None = None
     static_root: str | None = None
     path: str = "/"
+    static_paths: tuple[tuple[str, str], ...] = ()
 
 
 check_release = naming.failing_as(ProxyError, naming.check_release_id)
@@ -92,4 +94,8 @@ def checked(route: Route) -> Route:
             None if route.static_root is None else check_fs_path(route.static_root, "static root")
         ),
         path=check_path(route.path),
+        static_paths=tuple(
+            (check_path(prefix), check_fs_path(directory, "static files directory"))
+            for prefix, directory in route.static_paths
+        ),
     )

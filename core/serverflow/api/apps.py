@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from quart import Response, request
@@ -19,21 +20,24 @@ from quart_schema import (
     validate_response,
 )
 
-from serverflow import audit
+from serverflow import audit, runtime_logs
 from serverflow.api import bp
 from serverflow.api.openapi import answers
 from serverflow.api.schemas import ErrorOut, Input, Output, parse_id
 from serverflow.apps import (
     AppIn,
     AppPatch,
+    FormationIn,
     apply_fields,
     check_domains_free,
+    follow_branch,
     naming_rule,
     new_app,
     save_new_app,
+    scaled,
     servers_by_ref,
 )
-from serverflow.auth import principal, requires
+from serverflow.auth import actor, principal, requires
 from serverflow.controlplane import current
 from serverflow.deploys.service import decrypt_env, encrypt_env, is_final
 from serverflow.deploys.webhooks import (
@@ -71,7 +75,10 @@ class AppOut(Output):
     id: uuid.UUID
     name: str
     repo: str
-    branch: str
+    branch: str | None = Field(description="null: the repository's default branch.")
+    default_branch: str | None = Field(
+        description="The repository's default branch, as the last deploy of it found it."
+    )
     build: list[list[str]] | None
     start: list[str] | None
     port: int | None
@@ -82,6 +89,9 @@ class AppOut(Output):
     tls: bool
     runtime: str
     keep_releases: int
+    formation: dict[str, int] = Field(
+        description="Processes per Procfile type other than web; a type not named runs 1."
+    )
     servers: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
@@ -96,8 +106,8 @@ class DeploymentOut(Output):
     app_id: uuid.UUID
     server_id: uuid.UUID
     number: int
-    kind: str
-    branch: str
+    kind: str = Field(description="deploy, rollback, or config (new env or formation).")
+    branch: str | None
     commit_sha: str | None
     release: str | None
     triggered_by: str
@@ -111,6 +121,14 @@ class DeploymentOut(Output):
 
 class DeploymentList(Output):
     deployments: list[DeploymentOut]
+
+
+class AppChanged(AppOut):
+    deployments: list[DeploymentOut] = Field(
+        default_factory=list,
+        description="The config deployments that put the change live, one per server where "
+        "the app is live (none: it applies at the next deploy).",
+    )
 
 
 class DeployIn(Input):
@@ -167,6 +185,56 @@ class LogQuery(BaseModel):
     after: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+class AppLogLine(Output):
+    server: str
+    type: str = Field(description="The Procfile process type: web, worker...")
+    index: int = Field(description="Which process of its type (worker.2 is 2).")
+    release: str
+    stream: Literal["out", "err"]
+    line: str
+    at: datetime | None = Field(description="When it was printed, if the runtime says.")
+
+
+class LogNotice(Output):
+    server: str | None
+    code: str | None = Field(description="An error code (AGT001: the agent is offline...).")
+    message: str
+
+
+class AppLogs(Output):
+    app: str
+    lines: list[AppLogLine]
+    problems: list[LogNotice] = Field(
+        description="The servers whose lines are missing, and why (others answered)."
+    )
+
+
+# One event of a followed app log: a "log" event per line, a "notice" when a server's
+# agent went away or came back, or lines were dropped.
+APP_LOG_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["log", "notice"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/AppLogLine"},
+                    {"$ref": "#/components/schemas/LogNotice"},
+                ]
+            },
+        },
+    },
+    "required": ["event", "data"],
+}
+
+
+class AppLogQuery(BaseModel):
+    lines: int = Field(default=100, ge=1, le=1000)
+    follow: bool = False
+
+
 class WebhookOut(BaseModel):
     github_url: str
     gitlab_url: str
@@ -193,6 +261,7 @@ async def _out(app: App) -> AppOut:
         name=app.name,
         repo=app.repo_url,
         branch=app.branch,
+        default_branch=app.default_branch,
         build=app.build_commands,
         start=app.start_command,
         port=app.port,
@@ -203,6 +272,7 @@ async def _out(app: App) -> AppOut:
         tls=app.tls,
         runtime=app.runtime,
         keep_releases=app.keep_releases,
+        formation=dict(app.formation or {}),
         servers=[
             {
                 "id": str(p.server_id),
@@ -270,21 +340,52 @@ async def update_app(app_id: str, data: AppPatch) -> AppOut:
     return await _out(app)
 
 
+async def _config_release(app: App) -> AppChanged:
+    """Put an env or formation change live: a config deployment where the app is live."""
+    caller = principal()
+    deps = await current().deployer.config(caller.org_id, app, caller.label)
+    async with scoped(caller.org_id):
+        out = await _out(app)
+    return AppChanged(
+        **out.model_dump(), deployments=[DeploymentOut.model_validate(d) for d in deps]
+    )
+
+
 @bp.put("/apps/<app_id>/env")
-@requires(Role.MEMBER)
+@requires(Role.MEMBER, atomic=False)
 @validate_request(EnvIn)
-@validate_response(AppOut)
-async def set_env(app_id: str, data: EnvIn) -> AppOut:
-    """Set or unset environment variables (encrypted at rest; used from the next deploy)."""
-    app = await get_app(app_id)
+@validate_response(AppChanged)
+@validate_response(ErrorOut, 404)
+async def set_env(app_id: str, data: EnvIn) -> AppChanged:
+    """Set or unset environment variables (encrypted at rest). Where the app is live, a
+    config release of the live commit (its build reused) puts them live at once."""
+    caller = principal()
     cipher = current().keys.cipher
-    env = decrypt_env(cipher, app.env_encrypted)
-    env.update(data.set)
-    for key in data.unset:
-        env.pop(key, None)
-    app.env_encrypted = encrypt_env(cipher, env)
-    await app.save(update_fields=["env_encrypted", "updated_at"])
-    return await _out(app)
+    async with scoped(caller.org_id):
+        app = await get_app(app_id)
+        env = decrypt_env(cipher, app.env_encrypted)
+        env.update(data.set)
+        for key in data.unset:
+            env.pop(key, None)
+        app.env_encrypted = encrypt_env(cipher, env)
+        await app.save(update_fields=["env_encrypted", "updated_at"])
+    return await _config_release(app)
+
+
+@bp.put("/apps/<app_id>/formation")
+@requires(Role.MEMBER, atomic=False)
+@validate_request(FormationIn)
+@validate_response(AppChanged)
+@validate_response(ErrorOut, 404)
+async def scale_app(app_id: str, data: FormationIn) -> AppChanged:
+    """Scale Procfile process types other than web (0 to 20 each); where the app is live,
+    a config release of the live commit applies it at once."""
+    caller = principal()
+    async with scoped(caller.org_id):
+        app = await get_app(app_id)
+        app.formation = scaled(app, data.scale)
+        await app.save(update_fields=["formation", "updated_at"])
+    return await _config_release(app)
 
 
 @bp.delete("/apps/<app_id>")
@@ -308,13 +409,16 @@ async def delete_app(app_id: str) -> tuple[str, int]:
 @validate_response(DeploymentList, 202)
 @validate_response(ErrorOut, 409)  # placed on no server
 async def deploy_app(app_id: str, data: DeployIn) -> tuple[DeploymentList, int]:
-    """Start a deployment on each of the app's servers; follow it with .../logs?follow=true."""
+    """Start a deployment on each of the app's servers; follow it with .../logs?follow=true.
+    With a branch, the app follows that branch from now on."""
     caller = principal()
     async with scoped(caller.org_id):
         app = await get_app(app_id)
     deps = await current().deployer.deploy(
         caller.org_id, app, caller.label, commit=data.commit, branch=data.branch
     )
+    if data.branch is not None:
+        await follow_branch(caller.org_id, app, data.branch, actor(caller))
     return DeploymentList(deployments=[DeploymentOut.model_validate(d) for d in deps]), 202
 
 
@@ -419,6 +523,55 @@ async def deployment_logs(deployment_id: str, query_args: LogQuery) -> Any:
     return response
 
 
+def _app_log_line(line: dict[str, Any]) -> dict[str, Any]:
+    at = datetime.fromtimestamp(line["at"] / 1000, UTC) if line["at"] is not None else None
+    return AppLogLine.model_validate({**line, "at": at}).model_dump(mode="json")
+
+
+@bp.get("/apps/<app_id>/logs")
+@requires(Role.VIEWER, atomic=False)
+@validate_querystring(AppLogQuery)
+@document_response(AppLogs)
+@answers(200, "The lines; with follow=true, server-sent events", "text/event-stream", APP_LOG_EVENT)
+@validate_response(ErrorOut, 409)  # its agents are offline (AGT001), or it is on no server
+@validate_response(ErrorOut, 502)  # the agents could not read them (LOG001)
+async def app_logs(app_id: str, query_args: AppLogQuery) -> Any:
+    """What the app's processes print (stdout and stderr) on its servers, the last lines
+    merged in time order; with follow=true, server-sent events as they come, until you
+    leave. The deployments' own logs are at /deployments/{id}/logs."""
+    caller = principal()
+    async with scoped(caller.org_id):
+        app = await get_app(app_id)
+    cp = current()
+    lines = query_args.lines
+    start = await runtime_logs.snapshot(cp, caller.org_id, app, caller.label, lines)
+    problems = [LogNotice.model_validate(p).model_dump(mode="json") for p in start.problems]
+    if not query_args.follow:
+        shown = [_app_log_line(line) for line in start.lines]
+        return {"app": app.name, "lines": shown, "problems": problems}
+
+    async def stream() -> AsyncIterator[bytes]:
+        for line in start.lines:
+            yield _sse("log", _app_log_line(line))
+        for problem in problems:
+            yield _sse("notice", problem)
+        events = runtime_logs.follow(cp, caller.org_id, app, caller.label, start, lines)
+        async with contextlib.aclosing(events):
+            async for event, data in events:
+                if event == "log":
+                    yield _sse("log", _app_log_line(data))
+                elif event == "notice":
+                    yield _sse("notice", LogNotice.model_validate(data).model_dump(mode="json"))
+                else:
+                    yield b": keep-alive\n\n"
+
+    response = Response(stream(), content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None
+    return response
+
+
 @bp.get("/apps/<app_id>/webhook")
 @requires(Role.ADMIN)
 @validate_response(WebhookOut)
@@ -467,8 +620,10 @@ async def push_hook(org_id: str, app_id: str, provider: str) -> tuple[dict[str, 
     if push is None:
         await audited("ignored", {"reason": "not a push event"})
         return {"status": "ignored", "reason": "not a push event"}, 200
-    if push.branch != app.branch:
-        reason = f"push to {push.branch}, tracking {app.branch}"
+    # An app without a branch follows the default one the push names (or the last found).
+    tracked = app.branch or push.default_branch or app.default_branch
+    if push.branch != tracked:
+        reason = f"push to {push.branch}, tracking {tracked or 'the default branch'}"
         await audited("ignored", {"reason": reason, "commit": push.commit})
         return {"status": "ignored", "reason": reason}, 200
     deps = await cp.deployer.deploy(org, app, who, commit=push.commit, branch=push.branch)

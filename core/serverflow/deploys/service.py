@@ -154,22 +154,66 @@ class Deployer:
         env = await self._current_env(org_id, app)
         created = []
         for placement in placements:
-            async with scoped(org_id):
-                number = await self._next_number(app.id, placement.server_id)
-                dep = await Deployment.create(
-                    app_id=app.id,
-                    server_id=placement.server_id,
-                    number=number,
-                    kind="deploy",
-                    branch=branch or app.branch,
-                    commit_sha=commit,
-                    triggered_by=triggered_by,
-                    env_encrypted=encrypt_env(self.cipher, env),
-                    spec=self._spec(app),
-                )
+            dep = await self._queue(
+                org_id,
+                app,
+                placement.server_id,
+                kind="deploy",
+                branch=branch or app.branch,
+                commit_sha=commit,
+                triggered_by=triggered_by,
+                env_encrypted=encrypt_env(self.cipher, env),
+                spec=self._spec(app),
+            )
             created.append(dep)
-            self._spawn(self._run(org_id, dep))
         return created
+
+    async def _queue(
+        self, org_id: uuid.UUID, app: App, server_id: uuid.UUID, **fields: Any
+    ) -> Deployment:
+        """Store the next deployment of `app` on a server and start it (outside any `scoped`
+        block: the task must not inherit its transaction)."""
+        async with scoped(org_id):
+            number = await self._next_number(app.id, server_id)
+            dep = await Deployment.create(
+                app_id=app.id, server_id=server_id, number=number, **fields
+            )
+        self._spawn(self._run(org_id, dep))
+        return dep
+
+    async def config(self, org_id: uuid.UUID, app: App, triggered_by: str) -> list[Deployment]:
+        """A config release on each server where `app` is live: the live release's commit,
+        branch and settings (never the branch's head now) with the app's env and formation
+        now; the agent reuses the build of that commit. Servers where nothing is live get
+        the change at their next deploy."""
+        async with scoped(org_id):
+            placements = await AppServer.filter(app_id=app.id, live_deployment_id__isnull=False)
+            live_ids = [p.live_deployment_id for p in placements]
+            live = {d.id: d for d in await Deployment.filter(id__in=live_ids)} if live_ids else {}
+        env = await self._current_env(org_id, app)
+        created = []
+        for placement in placements:
+            base = live.get(placement.live_deployment_id) if placement.live_deployment_id else None
+            if base is None or not base.commit_sha or not base.spec:
+                continue
+            dep = await self._queue(
+                org_id,
+                app,
+                placement.server_id,
+                kind="config",
+                branch=base.branch,
+                commit_sha=base.commit_sha,
+                triggered_by=triggered_by,
+                env_encrypted=encrypt_env(self.cipher, env),
+                spec=self._config_spec(base, app.formation),
+            )
+            created.append(dep)
+        return created
+
+    @staticmethod
+    def _config_spec(live: Deployment, formation: dict[str, int] | None) -> dict[str, Any]:
+        spec = {k: v for k, v in (live.spec or {}).items() if k not in ("commit", "release")}
+        return {**spec, "formation": dict(formation or {})}
 
     async def rollback(
         self, org_id: uuid.UUID, app: App, triggered_by: str, release: str | None = None
@@ -180,21 +224,19 @@ class Deployer:
         for placement in placements:
             async with scoped(org_id):
                 target = await self._rollback_target(app, placement, release)
-                number = await self._next_number(app.id, placement.server_id)
-                dep = await Deployment.create(
-                    app_id=app.id,
-                    server_id=placement.server_id,
-                    number=number,
-                    kind="rollback",
-                    branch=target.branch,
-                    commit_sha=target.commit_sha,
-                    release=target.release,
-                    spec=target.spec,
-                    triggered_by=triggered_by,
-                    env_encrypted=target.env_encrypted,
-                )
+            dep = await self._queue(
+                org_id,
+                app,
+                placement.server_id,
+                kind="rollback",
+                branch=target.branch,
+                commit_sha=target.commit_sha,
+                release=target.release,
+                spec=target.spec,
+                triggered_by=triggered_by,
+                env_encrypted=target.env_encrypted,
+            )
             created.append(dep)
-            self._spawn(self._run(org_id, dep))
         return created
 
     async def _placements(self, org_id: uuid.UUID, app: App) -> list[AppServer]:
@@ -264,6 +306,7 @@ class Deployer:
             "domains": list(app.domains or []),
             "tls": app.tls,
             "keep_releases": app.keep_releases,
+            "formation": dict(app.formation or {}),
         }
 
     def _spawn(self, coro: Any) -> None:
@@ -318,24 +361,17 @@ class Deployer:
     ) -> tuple[DeploymentStatus, str | None]:
         who = f"deployment #{dep.number} of {app.name} on {server.name}"
         self.line(org_id, dep.id, f"{who}, triggered by {dep.triggered_by}")
+        if dep.kind == "config":
+            await self._rebase_config(org_id, dep, app, server)
         commit = dep.commit_sha
         if commit is None:
-            self.line(
-                org_id, dep.id, f"resolving branch {dep.branch} of {app.repo_url}", stage="resolve"
-            )
-            resolved = await self.hub.run(
-                org_id,
-                server,
-                RESOLVE_ACTION,
-                "read",
-                {"repo": app.repo_url, "branch": dep.branch},
-                dep.triggered_by,
-                RESOLVE_TIMEOUT_S,
-            )
-            if resolved.status != CommandStatus.OK:
-                raise DeployFailed(resolved.message or f"could not resolve {dep.branch}")
-            commit = str(resolved.output["commit"])
-        self.line(org_id, dep.id, f"commit {commit}", stage="resolve")
+            commit = await self._resolve(org_id, dep, app, server)
+        self.line(
+            org_id,
+            dep.id,
+            f"commit {commit}" + (f" (branch {dep.branch})" if dep.branch else ""),
+            stage="resolve",
+        )
         release = dep.release or release_id(dep.number, commit)
         spec = {**(dep.spec or self._spec(app)), "commit": commit, "release": release}
         await self._set(org_id, dep, commit_sha=commit, release=release, spec=spec)
@@ -375,6 +411,60 @@ class Deployer:
         if outcome.get("status") in ("live", "unchanged"):
             return DeploymentStatus.LIVE, None
         return DeploymentStatus.FAILED, str(outcome.get("reason") or "the agent reported failure")
+
+    async def _resolve(self, org_id: uuid.UUID, dep: Deployment, app: App, server: Server) -> str:
+        """The commit to deploy: the head of the deployment's branch, or of the repository's
+        default branch (recorded on the deployment, and on the app as its default)."""
+        params = {"repo": app.repo_url}
+        if dep.branch:
+            params["branch"] = dep.branch
+            asked = f"branch {dep.branch}"
+        else:
+            asked = "the default branch"
+        self.line(org_id, dep.id, f"resolving {asked} of {app.repo_url}", stage="resolve")
+        resolved = await self.hub.run(
+            org_id, server, RESOLVE_ACTION, "read", params, dep.triggered_by, RESOLVE_TIMEOUT_S
+        )
+        if resolved.status != CommandStatus.OK:
+            raise DeployFailed(resolved.message or f"could not resolve {asked}")
+        output = resolved.output if isinstance(resolved.output, dict) else {}
+        if not dep.branch:
+            branch = str(output["branch"])
+            self.line(org_id, dep.id, f"the default branch is {branch}", stage="resolve")
+            await self._set(org_id, dep, branch=branch)
+            async with scoped(org_id):
+                await App.filter(id=app.id).update(default_branch=branch)
+        return str(output["commit"])
+
+    async def _rebase_config(
+        self, org_id: uuid.UUID, dep: Deployment, app: App, server: Server
+    ) -> None:
+        """A config release applies to the release live when it runs: another deployment
+        may have gone live since it was queued."""
+        async with scoped(org_id):
+            placement = await AppServer.get_or_none(app_id=app.id, server_id=server.id)
+            live = (
+                await Deployment.get_or_none(id=placement.live_deployment_id)
+                if placement is not None and placement.live_deployment_id
+                else None
+            )
+        if live is None or not live.commit_sha or not live.spec:
+            raise DeployFailed(f"nothing is live on {server.name} any more to reconfigure")
+        formation = (dep.spec or {}).get("formation")
+        await self._set(
+            org_id,
+            dep,
+            commit_sha=live.commit_sha,
+            branch=live.branch,
+            spec=self._config_spec(live, formation),
+        )
+        self.line(
+            org_id,
+            dep.id,
+            f"config release of {live.release}: its commit and settings, the new environment "
+            "and formation",
+            stage="resolve",
+        )
 
     async def _document(
         self,

@@ -29,6 +29,7 @@ class Headers(Protocol):
 class Push:
     branch: str
     commit: str
+    default_branch: str | None = None  # the repository's, as the payload says
 
 
 class WebhookError(Exception):
@@ -66,12 +67,17 @@ def _payload(body: bytes) -> dict[str, object]:
     return data
 
 
-def _push(ref: object, commit: object) -> Push | None:
+def _push(ref: object, commit: object, repository: object = None) -> Push | None:
     if not isinstance(ref, str) or not ref.startswith("refs/heads/"):
         return None  # a tag, or something else: not a branch push
     if not isinstance(commit, str) or not SHA.match(commit) or commit == ZERO:
         return None  # a deleted branch
-    return Push(branch=ref[len("refs/heads/") :], commit=commit)
+    default = repository.get("default_branch") if isinstance(repository, dict) else None
+    return Push(
+        branch=ref[len("refs/heads/") :],
+        commit=commit,
+        default_branch=default if isinstance(default, str) and default else None,
+    )
 
 
 def github_push(headers: Headers, body: bytes, secret: str) -> Push | None:
@@ -85,7 +91,7 @@ def github_push(headers: Headers, body: bytes, secret: str) -> Push | None:
     if headers.get("X-GitHub-Event", "push") != "push":
         return None
     data = _payload(body)
-    return _push(data.get("ref"), data.get("after"))
+    return _push(data.get("ref"), data.get("after"), data.get("repository"))
 
 
 def gitlab_push(headers: Headers, body: bytes, secret: str) -> Push | None:
@@ -96,7 +102,9 @@ def gitlab_push(headers: Headers, body: bytes, secret: str) -> Push | None:
     if headers.get("X-Gitlab-Event", "Push Hook") != "Push Hook":
         return None
     data = _payload(body)
-    return _push(data.get("ref"), data.get("checkout_sha") or data.get("after"))
+    return _push(
+        data.get("ref"), data.get("checkout_sha") or data.get("after"), data.get("project")
+    )
 
 
 def hook_urls(base_url: str, org_id: uuid.UUID, app_id: uuid.UUID) -> tuple[str, str]:

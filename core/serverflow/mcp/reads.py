@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from serverflow import runtime_logs
 from serverflow.agents.registry import allowed_actions
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.service import decrypt_env
@@ -149,7 +150,8 @@ async def _app_summary(cp: ControlPlane, app: App) -> dict[str, Any]:
         "id": str(app.id),
         "name": app.name,
         "repo": app.repo_url,
-        "branch": app.branch,
+        "branch": app.branch,  # None: the repository's default branch
+        "default_branch": app.default_branch,
         "runtime": app.runtime,
         "domains": list(app.domains or []),
         "servers": [
@@ -171,6 +173,25 @@ async def list_apps(cp: ControlPlane, org_id: uuid.UUID) -> dict[str, Any]:
         return {"apps": [await _app_summary(cp, a) for a in apps]}
 
 
+async def get_app_output(
+    cp: ControlPlane, org_id: uuid.UUID, issued_by: str, ref: str, lines: int = 200
+) -> dict[str, Any]:
+    """What the app's processes print on its servers (serverflow.runtime_logs), merged."""
+    async with scoped(org_id):
+        app = await find_app(ref)
+    found = await runtime_logs.snapshot(cp, org_id, app, issued_by, max(1, min(lines, 1000)))
+    return {
+        "app": app.name,
+        "lines": [
+            {k: line.get(k) for k in ("server", "type", "index", "release", "stream", "line")}
+            for line in found.lines
+        ],
+        "problems": [
+            {"server": p.server, "code": p.code, "message": p.message} for p in found.problems
+        ],
+    }
+
+
 async def get_app(cp: ControlPlane, org_id: uuid.UUID, ref: str) -> dict[str, Any]:
     async with scoped(org_id):
         app = await find_app(ref)
@@ -188,6 +209,7 @@ async def get_app(cp: ControlPlane, org_id: uuid.UUID, ref: str) -> dict[str, An
             "health_timeout_s": app.health_timeout_s,
             "tls": app.tls,
             "keep_releases": app.keep_releases,
+            "formation": dict(app.formation or {}),
             "env": masked(decrypt_env(cp.keys.cipher, app.env_encrypted)),
         },
         "recent_deployments": [deployment_view(d, names) for d in recent],

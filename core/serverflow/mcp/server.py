@@ -29,8 +29,8 @@ T = TypeVar("T")
 INSTRUCTIONS = """\
 ServerFlow runs the user's apps on their own Linux servers; you act for the user with their
 API token, inside their organisation and role.
-- Read tools (list_servers, get_server, list_apps, get_app, get_app_logs, list_actions,
-  get_plan, list_plans, and run_action with a read action) answer at once.
+- Read tools (list_servers, get_server, list_apps, get_app, get_app_logs, get_app_output,
+  list_actions, get_plan, list_plans, and run_action with a read action) answer at once.
 - Tools that change something (create_app, update_app, deploy_app, rollback_app,
   restart_app, run_action with a change action) only make a DRY RUN: nothing changes; they
   return what would happen and a plan_id. Show the user the summary. apply_plan(plan_id)

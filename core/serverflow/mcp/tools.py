@@ -141,6 +141,17 @@ async def get_app_logs(
     return await reads.get_app_logs(caller().org_id, app, deployment_id, server, lines)
 
 
+async def get_app_output(
+    app: AppRef,
+    lines: Annotated[int, Field(ge=1, le=1000, description="How many last lines.")] = 200,
+) -> dict[str, Any]:
+    """What the app itself prints (stdout and stderr of its web and other Procfile
+    processes) on its servers, the last lines merged in time order, each with its server,
+    process type, release and stream. Deploy steps are in get_app_logs."""
+    principal = caller()
+    return await reads.get_app_output(current(), principal.org_id, principal.label, app, lines)
+
+
 # -- change (dry run first) -----------------------------------------------------------------
 
 
@@ -196,13 +207,18 @@ async def update_app(
     health_timeout_s: Annotated[
         int | None, Field(description="Health check timeout, seconds.")
     ] = None,
+    runtime: Annotated[str | None, Field(description="Runtime plugin.")] = None,
+    keep_releases: Annotated[
+        int | None, Field(description="Releases kept for rollbacks (2 to 50).")
+    ] = None,
     servers: Annotated[
         list[str] | None,
         Field(description="Servers it should be on (adding only)."),
     ] = None,
 ) -> dict[str, Any]:
     """Plan a change of an app's settings (a DRY RUN: shows each setting before and after,
-    and a plan_id). Only the settings given change. They take effect at the next deploy."""
+    and a plan_id). Only the settings given change (build [] detects the build again). They
+    take effect at the next deploy."""
     return await _plan(
         "update_app",
         {
@@ -216,6 +232,8 @@ async def update_app(
             "tls": tls,
             "health_path": health_path,
             "health_timeout_s": health_timeout_s,
+            "runtime": runtime,
+            "keep_releases": keep_releases,
             "servers": servers,
         },
     )
@@ -343,6 +361,7 @@ TOOLS: list[tuple[Any, ToolAnnotations]] = [
     (list_apps, READ),
     (get_app, READ),
     (get_app_logs, READ),
+    (get_app_output, READ),
     (get_plan, READ),
     (list_plans, READ),
     (create_app, PLANS),

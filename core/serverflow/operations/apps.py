@@ -51,8 +51,8 @@ class CreateApp:
             app, servers = await new_app(cp, data)
         return Proposal(
             kind="change",
-            summary=f"Create app {app.name} ({app.repo_url}, {app.branch}) on "
-            + ", ".join(s.name for s in servers),
+            summary=f"Create app {app.name} ({app.repo_url}, "
+            f"{app.branch or 'its default branch'}) on " + ", ".join(s.name for s in servers),
             preview={
                 "action": "create_app",
                 "app": {"name": app.name, **settings_of(app), "env": masked(data.env)},

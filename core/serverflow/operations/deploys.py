@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from serverflow.agents.registry import KINDS_ALLOWED, inventory_entry
-from serverflow.apps import naming_rule
+from serverflow.apps import follow_branch, naming_rule
 from serverflow.controlplane import ControlPlane
 from serverflow.deploys.desired import APPLY_ACTION, RESOLVE_ACTION, app_entry, release_id
 from serverflow.deploys.service import Deployer, decrypt_env
@@ -101,10 +101,17 @@ async def _next_number(org_id: Any, app: App, server: Server) -> int:
     return (last.number if last else 0) + 1
 
 
+def resolve_params(app: App, branch: str | None) -> dict[str, Any]:
+    """git.resolve's parameters: without a branch, the repository's default branch."""
+    return {"repo": app.repo_url, **({"branch": branch} if branch else {})}
+
+
 async def _resolve(
-    cp: ControlPlane, actor: Actor, app: App, branch: str, servers: list[Server]
-) -> tuple[str | None, str]:
-    """The commit `branch` points to, asked of the first connected agent that can tell."""
+    cp: ControlPlane, actor: Actor, app: App, branch: str | None, servers: list[Server]
+) -> tuple[str | None, str | None, str]:
+    """The commit `branch` (default: the repository's default branch) points to, and the
+    branch, asked of the first connected agent that can tell."""
+    asked = branch or "the default branch"
     for server in servers:
         if server.id in cp.hub.sessions and inventory_entry(server, RESOLVE_ACTION):
             try:
@@ -113,7 +120,7 @@ async def _resolve(
                     server,
                     RESOLVE_ACTION,
                     "read",
-                    {"repo": app.repo_url, "branch": branch},
+                    resolve_params(app, branch),
                     actor.name,
                     RESOLVE_TIMEOUT_S,
                 )
@@ -121,13 +128,20 @@ async def _resolve(
                 continue
             output = command.output if isinstance(command.output, dict) else {}
             if command.status == CommandStatus.OK and output.get("commit"):
-                return str(output["commit"]), f"{branch} resolved on {server.name}"
-            return None, (
-                f"could not resolve {branch} on {server.name} ({command.code or command.status}: "
+                found = str(output.get("branch") or branch or "")
+                shown = found if branch else f"{found} (the default branch)"
+                return str(output["commit"]), found or None, f"{shown} resolved on {server.name}"
+            why = (
+                f"could not resolve {asked} on {server.name} ({command.code or command.status}: "
                 f"{command.message or ''}); the deploy will resolve it again and fail the same "
                 "way unless that is fixed"
             )
-    return None, "no connected agent can resolve the branch now; it is resolved when the plan runs"
+            return None, branch, why
+    return (
+        None,
+        branch,
+        "no connected agent can resolve the branch now; it is resolved when the plan runs",
+    )
 
 
 async def _app_by_id(actor: Actor, app_id: str) -> App:
@@ -169,7 +183,8 @@ class DeployApp:
         branch = data.branch or app.branch
         commit, resolution = data.commit, "commit given"
         if commit is None:
-            commit, resolution = await _resolve(cp, actor, app, branch, [s for _, s, _ in placed])
+            servers_placed = [s for _, s, _ in placed]
+            commit, branch, resolution = await _resolve(cp, actor, app, branch, servers_placed)
         servers: list[dict[str, Any]] = []
         for _, server, live in placed:
             number = await _next_number(actor.org_id, app, server)
@@ -185,7 +200,7 @@ class DeployApp:
                         "server": server.name,
                         "action": RESOLVE_ACTION,
                         "kind": "read",
-                        "params": {"repo": app.repo_url, "branch": branch},
+                        "params": resolve_params(app, branch),
                     }
                 )
             commands.append(apply_command(server, doc))
@@ -201,8 +216,10 @@ class DeployApp:
                     "warnings": agent_warnings(cp, server, APPLY_ACTION),
                 }
             )
-        target = f"{branch} @ {commit[:7]}" if commit else branch
+        shown = branch or "the default branch"
+        target = f"{shown} @ {commit[:7]}" if commit else shown
         names = ", ".join(s["server"] for s in servers)
+        follows = data.branch is not None and data.branch != app.branch
         return Proposal(
             kind="change",
             summary=f"Deploy {app.name} ({target}) to {names}",
@@ -215,8 +232,14 @@ class DeployApp:
                 "health_check": {"path": app.health_path, "timeout_s": app.health_timeout_s},
                 "safety": "Each server builds and health-checks the new release before "
                 "switching traffic; if it fails, the current release keeps serving.",
+                **({"follows": f"{app.name} follows {data.branch} from now on"} if follows else {}),
             },
-            params={"app_id": str(app.id), "branch": branch, "commit": commit},
+            params={
+                "app_id": str(app.id),
+                "branch": branch,
+                "commit": commit,
+                "follow": data.branch if follows else None,
+            },
         )
 
     async def execute(self, cp: ControlPlane, actor: Actor, params: dict[str, Any]) -> Outcome:
@@ -225,6 +248,8 @@ class DeployApp:
         deps = await cp.deployer.deploy(
             actor.org_id, app, actor.name, commit=params["commit"], branch=params["branch"]
         )
+        if params.get("follow"):
+            await follow_branch(actor.org_id, app, params["follow"], actor.name)
         return _queued(deps, {s.id: s.name for _, s, _ in placed})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from quart import render_template
 from quart_schema import hide
 
@@ -47,9 +49,15 @@ async def app_detail(viewer: Viewer, app_id: str) -> str:
             "gitlab": gitlab,
             "secret": cp.keys.cipher.decrypt(app.webhook_secret_encrypted),
         }
+    edit = {  # the edit form's texts of the argv settings, as one would type them
+        "build": "\n".join(shlex.join(step) for step in app.build_commands or []),
+        "start": shlex.join(app.start_command) if app.start_command else "",
+    }
     return await render_template(
         "app.html",
         app=app,
+        edit=edit,
+        runtimes=sorted(cp.plugins.runtimes, key=lambda r: r.name),
         placements=placements,
         servers=servers,
         server_names={str(k): s.name for k, s in servers.items()},

@@ -33,7 +33,7 @@ MODES = {
     "standard": N_("Standard: read and change actions"),
     "read-only": N_("Read only: read actions only"),
 }
-KINDS = {"deploy": N_("Deployment"), "rollback": N_("Rollback")}
+KINDS = {"deploy": N_("Deployment"), "rollback": N_("Rollback"), "config": N_("Config change")}
 REASONS = {"disconnected": N_("disconnected"), "no heartbeat": N_("no heartbeat")}
 EXTENSION_POINTS = {
     "runtimes": N_("Runtimes"),

@@ -2,21 +2,28 @@
 
 Each release process is described by a JSON ecosystem file (script = absolute argv[0],
 args = the rest, interpreter "none": PM2 spawns it directly, no shell) and runs with
-autorestart. The pm2 CLI gets a minimal environment, because PM2 copies the CLI's
-environment into every app it starts. Every pm2 call goes through plugin_api.capture,
-so the PM2 daemon (which the first call starts) never inherits an action's memory limit.
+autorestart. Its stdout and stderr go to one file of JSON records (`log_type: json`: each
+chunk of output with its stream and time), which `app.logs` reads. The pm2 CLI gets a
+minimal environment, because PM2 copies the CLI's environment into every app it starts.
+Every pm2 call goes through plugin_api.capture, so the PM2 daemon (which the first call
+starts) never inherits an action's memory limit.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from serverflow_agent import plugin_api
-from serverflow_contract.runtime import ProcessInfo, ReleaseProcess, RuntimeFailure
+from serverflow_contract.runtime import (
+    LogFile,
+    LogFormat,
+    ProcessInfo,
+    ReleaseProcess,
+    RuntimeFailure,
+)
 
 PM2_TIMEOUT_S = 60.0
 MAX_LOG_LINE = 2000
@@ -77,6 +84,10 @@ class Pm2Runtime:
         return self._files / f"{name}.json"
 
     def log_path(self, name: str) -> Path:
+        return self._files / "logs" / f"{name}.jsonl"
+
+    def _text_log_path(self, name: str) -> Path:
+        """Where processes started before logs were JSON records wrote (plain text)."""
         return self._files / "logs" / f"{name}.log"
 
     # -- the pm2 binary ------------------------------------------------------------------
@@ -137,6 +148,7 @@ class Pm2Runtime:
             "out_file": log,
             "error_file": log,
             "merge_logs": True,
+            "log_type": "json",
             "vizion": False,
             "pmx": False,
             "automation": False,
@@ -166,16 +178,37 @@ class Pm2Runtime:
             self._pm2("delete", name)
         self.ecosystem_path(name).unlink(missing_ok=True)
         self.log_path(name).unlink(missing_ok=True)
+        self._text_log_path(name).unlink(missing_ok=True)
 
     def status(self, prefix: str = "") -> list[ProcessInfo]:
         return [_info(p) for p in self.jlist() if str(p.get("name", "")).startswith(prefix)]
 
     def logs(self, name: str, lines: int = 50) -> list[str]:
+        found = [line for f in self.log_files(name) for line in plugin_api.tail_log(f, lines)[0]]
+        found.sort(key=lambda line: line.at or 0)
+        return [line.text[:MAX_LOG_LINE] for line in found[-lines:]]
+
+    def log_files(self, name: str) -> list[LogFile]:
+        # What start() told PM2 is in the ecosystem file: no need to ask the daemon.
         try:
-            with open(self.log_path(name), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 256 * 1024))
-                tail = deque(f, maxlen=lines)
-        except OSError:
-            return []
-        return [line.decode("utf-8", "replace").rstrip("\n")[:MAX_LOG_LINE] for line in tail]
+            with open(self.ecosystem_path(name)) as f:
+                apps = json.load(f).get("apps") or [{}]
+        except (OSError, ValueError, AttributeError):
+            apps = []
+        if apps and isinstance(apps[0], dict) and apps[0].get("out_file"):
+            app = apps[0]
+            return _log_files(app["out_file"], app.get("error_file"), app.get("log_type"))
+        for proc in self.jlist():  # a process started some other way
+            env = proc.get("pm2_env") or {}
+            if proc.get("name") == name and env.get("pm_out_log_path"):
+                return _log_files(
+                    env["pm_out_log_path"], env.get("pm_err_log_path"), env.get("log_type")
+                )
+        return []
+
+
+def _log_files(out: str, err: str | None, log_type: Any) -> list[LogFile]:
+    kind: LogFormat = "json" if log_type == "json" else "text"
+    if not err or err == out:
+        return [LogFile(Path(out), "out", kind)]
+    return [LogFile(Path(out), "out", kind), LogFile(Path(err), "err", kind)]

@@ -114,6 +114,13 @@ def test_start_status_logs_restart_delete(runtime: AgentPm2, tmp_path: Path) -> 
     assert "secret none greeting hi there" in logs  # no shell, no agent environment
     assert "to stderr" in logs
     assert not (tmp_path / "pwned").exists()
+    # Where app.logs reads: one file of JSON records, each chunk with its stream.
+    (log_file,) = runtime.log_files("shop--r1")
+    assert (log_file.path, log_file.format) == (runtime.log_path("shop--r1"), "json")
+    records = [json.loads(line) for line in log_file.path.read_text().splitlines()]
+    assert {"type": "err", "message": "to stderr\n"} in [
+        {"type": r["type"], "message": r["message"]} for r in records
+    ]
 
     runtime.restart("shop--r1")
     wait_for(
@@ -127,6 +134,7 @@ def test_start_status_logs_restart_delete(runtime: AgentPm2, tmp_path: Path) -> 
     assert runtime.status("") == []
     assert not runtime.log_path("shop--r1").exists()
     assert not runtime.ecosystem_path("shop--r1").exists()
+    assert runtime.log_files("shop--r1") == []
 
 
 def test_status_without_a_daemon_starts_none(tmp_path: Path) -> None:

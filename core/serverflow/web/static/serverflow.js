@@ -84,7 +84,7 @@
     superseded: _("Superseded"),
     none: _("Not deployed"),
   };
-  const KINDS = { deploy: _("Deployment"), rollback: _("Rollback") };
+  const KINDS = { deploy: _("Deployment"), rollback: _("Rollback"), config: _("Config change") };
   const ROLES = { viewer: _("Viewer"), member: _("Member"), admin: _("Admin"), owner: _("Owner") };
   const REASONS = { disconnected: _("disconnected"), "no heartbeat": _("no heartbeat") };
 
@@ -694,13 +694,13 @@
       const body = {
         name: f.name.value.trim(),
         repo: f.repo.value.trim(),
-        branch: f.branch.value.trim() || "main",
         servers: servers,
         tls: f.tls.checked,
         health_path: f.health_path.value.trim() || "/",
         env: env,
       };
       if (f.runtime && f.runtime.value) body.runtime = f.runtime.value;
+      if (f.branch.value.trim()) body.branch = f.branch.value.trim();
       if (f.domain.value.trim()) body.domains = [f.domain.value.trim().toLowerCase()];
       const build = lines(f.build.value);
       if (build.length) body.build = build;
@@ -873,6 +873,127 @@
     if (following) showLog(following);
   }
 
+  // The app page's settings form: PATCH /apps/<id>; an empty field is the default again.
+  function appEditForm() {
+    const form = document.getElementById("app-edit-form");
+    if (!form) return;
+    const appId = document.getElementById("app-head").dataset.appId;
+    const error = document.getElementById("app-edit-error");
+    function lines(text) {
+      return text
+        .split("\n")
+        .map(function (line) { return line.trim(); })
+        .filter(Boolean);
+    }
+    form.addEventListener("submit", async function (submit) {
+      submit.preventDefault();
+      hideError(error);
+      const f = form.elements;
+      const build = lines(f.build.value);
+      const body = {
+        repo: f.repo.value.trim(),
+        branch: f.branch.value.trim() || null,
+        build: build.length ? build : null,
+        start: f.start.value.trim() || null,
+        port: f.port.value ? Number(f.port.value) : null,
+        health_path: f.health_path.value.trim() || "/",
+        health_timeout_s: Number(f.health_timeout_s.value),
+        domains: lines(f.domains.value).map(function (d) { return d.toLowerCase(); }),
+        tls: f.tls.checked,
+        runtime: f.runtime.value,
+        keep_releases: Number(f.keep_releases.value),
+      };
+      const button = form.querySelector("button[type=submit]");
+      await busy(button, async function () {
+        try {
+          await api("PATCH", "/apps/" + appId, body);
+          location.assign(location.pathname + "?saved=1");
+        } catch (err) {
+          showError(error, err);
+        }
+      });
+    });
+  }
+
+  function appRuntimeLogs() {
+    const section = document.getElementById("runtime-logs");
+    if (!section) return;
+    const appId = document.getElementById("app-head").dataset.appId;
+    const output = document.getElementById("runtime-log");
+    const error = document.getElementById("runtime-log-error");
+    const refresh = document.getElementById("runtime-log-refresh");
+    const followButton = document.getElementById("runtime-log-follow");
+    const empty = document.getElementById("runtime-log-empty");
+    const path = "/apps/" + encodeURIComponent(appId) + "/logs?lines=100";
+    let source = null;
+
+    function show(node) {
+      if (empty) empty.hidden = true;
+      const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 8;
+      output.append(node);
+      while (output.childNodes.length > 1000) output.firstChild.remove();
+      if (atBottom) output.scrollTop = output.scrollHeight;
+    }
+
+    function line(data) {
+      const process = data.type + (data.index > 1 ? "." + data.index : "");
+      const text = process + " " + data.release + " | " + data.line + "\n";
+      show(el("span", data.stream === "err" ? { class: "err" } : null, text));
+    }
+
+    function notice(data) {
+      const where = data.server ? data.server + ": " : "";
+      show(el("span", { class: "notice" }, "-- " + where + data.message + "\n"));
+    }
+
+    async function load() {
+      hideError(error);
+      try {
+        const answer = await api("GET", path);
+        output.replaceChildren();
+        answer.lines.forEach(line);
+        answer.problems.forEach(notice);
+        if (!answer.lines.length) notice({ message: _("No output yet.") });
+      } catch (err) {
+        showError(error, err);
+      }
+    }
+
+    function stop() {
+      if (source) source.close();
+      source = null;
+      followButton.setAttribute("aria-pressed", "false");
+      followButton.textContent = _("Follow live");
+    }
+
+    function follow() {
+      hideError(error);
+      source = new EventSource("/api/v1" + path + "&follow=true");
+      followButton.setAttribute("aria-pressed", "true");
+      followButton.textContent = _("Stop following");
+      // Each (re)connection starts with the last lines again: show them once.
+      source.onopen = function () { output.replaceChildren(); };
+      source.addEventListener("log", function (message) { line(JSON.parse(message.data)); });
+      source.addEventListener("notice", function (message) { notice(JSON.parse(message.data)); });
+      source.onerror = function () {
+        if (source && source.readyState === EventSource.CLOSED) {
+          stop();
+          load(); // refused (an agent offline...): the plain request says why
+        }
+      };
+    }
+
+    refresh.addEventListener("click", function () {
+      busy(refresh, load);
+    });
+    followButton.addEventListener("click", function () {
+      if (source) stop();
+      else follow();
+    });
+    window.addEventListener("pagehide", stop);
+    if (section.dataset.load === "auto") load();
+  }
+
   function eventsPage() {
     const timeline = document.getElementById("timeline");
     const names = JSON.parse(document.getElementById("server-names").textContent || "{}");
@@ -1024,7 +1145,11 @@
     "server-new": serverNewPage,
     server: serverPage,
     "app-new": appNewPage,
-    app: appPage,
+    app: function () {
+      appPage();
+      appEditForm();
+      appRuntimeLogs();
+    },
     events: eventsPage,
     settings: settingsPage,
     plugins: pluginsPage,
