@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from serverflow_testkit import wait_for
-from serverflow_testkit.browser import Dashboard, start_dashboard
+from serverflow_testkit.browser import Dashboard, browser_page, start_dashboard
 from serverflow_testkit.deploy import deploy_settings, get
 from serverflow_testkit.gitrepo import GitRepo
 from serverflow_testkit.pm2 import pm2_home, require_node_and_pm2
@@ -88,14 +88,8 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboa
 
 @pytest.fixture
 def page(chromium_browser: Browser) -> Iterator[Page]:
-    context = chromium_browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(chromium_browser, 30_000) as page:
+        yield page
 
 
 def test_the_logs_section_shows_refreshes_and_follows(

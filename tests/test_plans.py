@@ -242,11 +242,11 @@ async def test_update_app_plan_shows_before_and_after(
     async with scoped(tenant.org.id):
         plan = await Plan.get(id=plan_id)
     assert plan.preview["changes"] == {
-        "branch": {"from": "main", "to": "dev"},
+        "branch": {"from": None, "to": "dev"},  # it followed the default branch
         "servers": {"add": ["web-2"]},
     }
     with pytest.raises(InvalidInput, match="nothing to change"):
-        await propose(control_plane, member, "update_app", {"app": "shop", "branch": "main"})
+        await propose(control_plane, member, "update_app", {"app": "shop", "tls": True})
     done = await control_plane.client().post(
         f"/api/v1/plans/{plan_id}/confirm", headers=tenant.auth()
     )

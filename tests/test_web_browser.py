@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from serverflow_testkit import REQUIRE_REAL, wait_for
-from serverflow_testkit.browser import INSTALL_TOKEN, Dashboard, start_dashboard
+from serverflow_testkit.browser import INSTALL_TOKEN, Dashboard, browser_page, start_dashboard
 
 try:
     from playwright.sync_api import Browser, Page, expect
@@ -64,14 +64,8 @@ def fleet(dash: Dashboard) -> dict[str, Any]:
 
 @pytest.fixture
 def page(chromium_browser: Browser) -> Iterator[Page]:
-    context = chromium_browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(chromium_browser, 10_000) as page:
+        yield page
 
 
 def metric_text(page: Page, server_id: str, metric: str = "cpu") -> str:

@@ -64,6 +64,28 @@ def chromium(home: Path) -> Iterator[Browser]:
             browser.close()
 
 
+@contextmanager
+def browser_page(
+    browser: Browser, timeout_ms: float = 10_000, locale: str = "en-US"
+) -> Iterator[Page]:
+    """A page in a new context; fails the test if the page raised a JavaScript error."""
+    context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(timeout_ms)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        # Leave the page first (bounded by the timeout): its live websocket and event
+        # streams close as in a browser; a context closed mid-navigation once hung in CI.
+        try:
+            page.goto("about:blank")
+        finally:
+            context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
 # -- the control plane and its users --------------------------------------------------
 
 
