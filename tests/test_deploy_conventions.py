@@ -252,6 +252,54 @@ def test_shell_syntax_in_the_procfile_is_refused_clearly(
     assert "put the commands in a script" in failed["reason"]
 
 
+BUILD_JS = """
+const fs = require("fs");
+fs.mkdirSync("dist", { recursive: true });
+fs.writeFileSync("dist/greeting.txt", require("sf-greeting")("built"));
+"""
+
+BUILT_SERVER_JS = """
+const fs = require("fs");
+let dev = "absent";
+try { require.resolve("sf-greeting"); dev = "present"; } catch (e) {}
+require("http").createServer((req, res) =>
+  res.end(`${fs.readFileSync("dist/greeting.txt", "utf8")}; dev dependency ${dev}; ` +
+          `NODE_ENV=${process.env.NODE_ENV}`)
+).listen(Number(process.env.PORT));
+"""
+
+
+def test_a_build_step_gets_dev_dependencies_and_the_release_keeps_only_production_ones(
+    deploys: LocalDeploys, repo: GitRepo
+) -> None:
+    package = {
+        "name": "buildy",
+        "private": True,
+        "scripts": {"build": "node build.js", "start": "node server.js"},
+        "devDependencies": {"sf-greeting": "file:vendor/sf-greeting-1.0.0.tgz"},
+    }
+    commit = repo.commit(
+        "node",
+        {
+            "package.json": json.dumps(package),
+            "package-lock.json": None,
+            "build.js": BUILD_JS,
+            "server.js": BUILT_SERVER_JS,
+        },
+    )
+    live = outcome(deploys.apply(entry("shop", repo.url, commit, "r1", env={})), "live")
+    build = deploys.stages("shop", "build")
+    steps = [line for line in build if line.startswith("$ ")]
+    assert steps == [
+        "$ npm install --include=dev",
+        "$ npm run build",
+        "$ npm install --omit=dev",
+    ], build
+    body = get(live["port"])[1]
+    assert body.startswith("hello from built"), body
+    assert body.endswith("; dev dependency absent; NODE_ENV=production"), body
+
+
 # -- interpreter versions --------------------------------------------------------------
 
 
