@@ -334,7 +334,8 @@ def test_edit_an_apps_settings(dash: Dashboard, fleet: dict[str, Any], page: Pag
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator("#app-edit-error")).to_contain_text("health_timeout_s")
     page.get_by_label("Health check timeout (seconds)").fill("20")
-    page.get_by_role("button", name="Save settings").click()
+    with page.expect_navigation(url=re.compile(r"\?saved=1$")):  # the page reloads
+        page.get_by_role("button", name="Save settings").click()
     expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
     settings = page.locator("#settings-title").locator("..")
     expect(settings).to_contain_text("stable")
@@ -349,7 +350,10 @@ def test_edit_an_apps_settings(dash: Dashboard, fleet: dict[str, Any], page: Pag
     page.get_by_text("Edit settings").click()
     page.get_by_label("Branch", exact=True).fill("")
     page.get_by_label("Start command").fill("")
-    page.get_by_role("button", name="Save settings").click()
+    # Wait for this save's reload: the toast of the previous one may still be showing.
+    with page.expect_navigation(url=re.compile(r"\?saved=1$")):
+        page.get_by_role("button", name="Save settings").click()
+    page.wait_for_load_state()
     expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
     with dash.http() as http:
         app = http.get(f"/apps/{fleet['app']['id']}").json()

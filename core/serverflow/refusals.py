@@ -59,6 +59,7 @@ class RefusalLog:
     max_kinds: int = MAX_KINDS
     _window: float = field(default=0.0, init=False)
     _counts: dict[_Kind, _Count] = field(default_factory=dict, init=False)
+    _ended: list[dict[_Kind, _Count]] = field(default_factory=list, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     async def note(
@@ -73,10 +74,15 @@ class RefusalLog:
         reason: str = "",
         details: dict[str, Any] | None = None,
     ) -> None:
-        """Record one refusal (see the module's docstring for what is written when)."""
+        """Record one refusal (see the module's docstring for what is written when).
+
+        Counting is synchronous, so no refusal can be lost between two awaits; the only
+        I/O here is the first entry of a kind, shielded: a caller cancelled meanwhile (a
+        connection that timed out) does not lose it. Summaries are written by `run`.
+        """
         now = self.clock()
         if now - self._window >= self.window_s:
-            await self.flush(now)
+            self._rotate(now)
         kind = _Kind(
             chain, action, code, reason[:300], actor[:300], (source or "unknown")[:64], target[:500]
         )
@@ -88,32 +94,50 @@ class RefusalLog:
             counted.last = now
             return
         self._counts[kind] = _Count(dict(details or {}), now, now)
-        await self._write(kind, dict(details or {}))
+        await asyncio.shield(self._write(kind, dict(details or {})))
+
+    def _rotate(self, now: float) -> None:
+        """End the window: its counts wait in `_ended` for their summaries."""
+        if self._counts:
+            self._ended.append(self._counts)
+        self._counts = {}
+        self._window = now
 
     async def flush(self, now: float | None = None) -> None:
-        """Write one summary entry per kind seen more than once, and start a new window."""
-        # Swapped before any await: a refusal noted meanwhile belongs to the new window.
-        counts, self._counts = self._counts, {}
-        self._window = self.clock() if now is None else now
+        """End the window, and write one summary entry per kind seen more than once in the
+        windows that ended (one writer at a time; shielded from the caller's cancellation)."""
+        self._rotate(self.clock() if now is None else now)
+        await asyncio.shield(self._write_summaries())
+
+    async def _write_summaries(self) -> None:
         async with self._lock:
-            for kind, counted in counts.items():
-                if counted.seen > 1:
-                    await self._write(
-                        kind,
-                        {
-                            **counted.details,
-                            "repeated": counted.seen - 1,
-                            "first_at": _iso(counted.first),
-                            "last_at": _iso(counted.last),
-                        },
-                    )
+            while self._ended:
+                counts = self._ended.pop(0)
+                for kind, counted in counts.items():
+                    if counted.seen > 1:
+                        await self._write(
+                            kind,
+                            {
+                                **counted.details,
+                                "repeated": counted.seen - 1,
+                                "first_at": _iso(counted.first),
+                                "last_at": _iso(counted.last),
+                            },
+                        )
 
     async def run(self) -> None:
-        """Flush at the end of every window, until cancelled (the app flushes at stop)."""
+        """Write the summaries at the end of every window, until cancelled (the app
+        flushes at stop). A failure is logged, never the end of the loop."""
         while True:
             await asyncio.sleep(self.window_s / 4)
-            if self._counts and self.clock() - self._window >= self.window_s:
-                await self.flush()
+            try:
+                now = self.clock()
+                if self._counts and now - self._window >= self.window_s:
+                    self._rotate(now)
+                if self._ended:
+                    await asyncio.shield(self._write_summaries())
+            except Exception:
+                log.exception("writing the refusal summaries failed; retrying")
 
     async def _write(self, kind: _Kind, details: dict[str, Any]) -> None:
         details = {**details, "source": kind.source}

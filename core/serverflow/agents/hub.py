@@ -281,7 +281,13 @@ class AgentHub:
             exc.code,
             actor=f"agent:{claim.server_id or 'unknown'}",
             source=remote_address(transport),
-            target=f"server:{claim.server_id}" if claim.server_id else "",
+            # A server not found is named as claimed: refusals claiming different
+            # servers are different kinds, each counted on its own.
+            target=(
+                f"server:{claim.server_id}"
+                if claim.server_id
+                else (f"claimed:{claim.claimed[:200]}" if claim.claimed else "")
+            ),
             reason=exc.message,
             details={"claimed": claim.claimed},
         )
