@@ -238,6 +238,14 @@
     node.hidden = false;
   }
 
+  // The non-empty lines of a textarea, trimmed (build steps, domains, env pairs).
+  function lines(text) {
+    return text
+      .split("\n")
+      .map(function (line) { return line.trim(); })
+      .filter(Boolean);
+  }
+
   function hideError(node) {
     if (node) {
       node.hidden = true;
@@ -659,12 +667,6 @@
     const form = document.getElementById("app-form");
     if (!form) return;
     const error = document.getElementById("app-error");
-    function lines(text) {
-      return text
-        .split("\n")
-        .map(function (line) { return line.trim(); })
-        .filter(Boolean);
-    }
     form.addEventListener("submit", async function (submit) {
       submit.preventDefault();
       hideError(error);
@@ -879,12 +881,6 @@
     if (!form) return;
     const appId = document.getElementById("app-head").dataset.appId;
     const error = document.getElementById("app-edit-error");
-    function lines(text) {
-      return text
-        .split("\n")
-        .map(function (line) { return line.trim(); })
-        .filter(Boolean);
-    }
     form.addEventListener("submit", async function (submit) {
       submit.preventDefault();
       hideError(error);
