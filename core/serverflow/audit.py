@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
@@ -43,7 +44,21 @@ LABEL_KEYS = re.compile(r"(?i)^token[_-]?(id|ids|name)$")
 PRUNE_ACTION = "audit.pruned"
 log = logging.getLogger(__name__)
 
-_locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
+# One writer per chain within a process. Locks belong to the event loop that runs the
+# writers: a lock left held by a loop that has ended (a test's, or a server restarted in
+# the same process) must not block, or break, the writers of the next one.
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[uuid.UUID, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lock(chain: uuid.UUID) -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    per_loop = _locks.get(loop)
+    if per_loop is None:
+        per_loop = _locks[loop] = defaultdict(asyncio.Lock)
+    return per_loop[chain]
+
 
 Entry = AuditEntry  # an InstanceAuditEntry has the same columns, but no organisation
 
@@ -127,7 +142,7 @@ async def append(org_id: uuid.UUID, *records: Record) -> list[Entry]:
     if not records:
         return []
     model = _model(org_id)
-    async with _locks[org_id], _transaction(org_id) as conn:
+    async with _lock(org_id), _transaction(org_id) as conn:
         if is_postgres(conn):  # several control-plane instances: one writer per chain
             await conn.execute_query(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [str(org_id)]
@@ -291,7 +306,7 @@ async def prune(org_id: uuid.UUID, older_than_days: int) -> int:
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     model = _model(org_id)
     table = model._meta.db_table
-    async with _locks[org_id], _transaction(org_id) as conn:
+    async with _lock(org_id), _transaction(org_id) as conn:
         old = await model.filter(at__lt=cutoff).order_by("-seq").first()
         if old is None:
             return 0
