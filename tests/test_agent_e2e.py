@@ -7,12 +7,10 @@ import json
 import os
 import signal
 import sqlite3
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -20,6 +18,7 @@ import pytest
 
 from serverflow_contract import protocol
 from serverflow_testkit import wait_for
+from serverflow_testkit.agent_install import install_script, new_server
 from serverflow_testkit.controlplane import ControlPlaneProcess, Deployment, bootstrap
 from serverflow_testkit.tls import CertificateAuthority
 
@@ -29,13 +28,9 @@ class Installed:
 
     def __init__(self, dep: Deployment, work: Path, name: str, ca_file: Path | None = None):
         self.dep = dep
-        with dep.http() as http:
-            made = http.post("/servers", json={"name": name})
-            assert made.status_code == 201, made.text
-        self.server = made.json()
+        self.server = new_server(dep, name)
         self.prefix, self.state = work / "opt", work / "state"
-        verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        script = httpx.get(dep.url + "/install.sh", verify=verify).text
+        script = install_script(dep)
         args = [
             "--token",
             self.server["install"]["token"],
@@ -44,6 +39,8 @@ class Installed:
             str(self.prefix),
             "--state-dir",
             str(self.state),
+            "--bin-dir",  # not the machine's /usr/local/bin
+            str(work / "bin"),
             "--python",
             sys.executable,
         ]

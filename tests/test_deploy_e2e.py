@@ -5,6 +5,7 @@ One stack per module (starting it costs seconds); each test deploys its own app.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -161,6 +162,13 @@ class RequestLoop:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
+    with started_world() as world:
+        yield world
+
+
+@contextlib.contextmanager
+def started_world(env: dict[str, str] | None = None) -> Iterator[World]:
+    """The stack, its control plane with `env` added to its environment."""
     base = world_readable_dir("sf-e2e-")
     nginx = start_nginx(base / "nginx")
     pebble = start_pebble(base / "pebble")
@@ -168,7 +176,9 @@ def world() -> Iterator[World]:
     world = None
     try:
         with pm2_home(base) as pm2:
-            stack = bootstrap(base / "data", env={"SERVERFLOW_HEARTBEAT_INTERVAL_MS": "1000"})
+            stack = bootstrap(
+                base / "data", env={"SERVERFLOW_HEARTBEAT_INTERVAL_MS": "1000", **(env or {})}
+            )
             made = stack.http().post("/servers", json={"name": "web-1"}).json()
             state = base / "agent"
             deploy = {

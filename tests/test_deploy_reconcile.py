@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from serverflow_agent.deploy.detect import DOCKERFILE_ERROR
 from serverflow_testkit import free_port, wait_for
 from serverflow_testkit.deploy import LocalDeploys, document, entry, get, refused
 from serverflow_testkit.gitrepo import GitRepo
+from serverflow_testkit.nginx import start_nginx, world_readable_dir
 from serverflow_testkit.pm2 import pm2_home, processes, require_node_and_pm2
 
 
@@ -443,3 +445,69 @@ def test_health_answer_must_come_from_the_new_release(
         for conn in psutil.net_connections(kind="tcp"):
             if conn.laddr and conn.laddr.port == port and conn.pid:
                 os.kill(conn.pid, signal.SIGKILL)
+
+
+def test_a_public_port_is_the_apps_address_across_releases(tmp_path: Path, repo: GitRepo) -> None:
+    """The proxy listens on the app's public port and switches it to each new release (on
+    a fresh port of its own); a removed app's port can be another's in the same document."""
+    require_node_and_pm2()
+    base = world_readable_dir("sf-reconcile-nginx-")
+    nginx = start_nginx(base)
+    try:
+        with pm2_home(tmp_path) as home:
+            deploys = LocalDeploys.create(
+                tmp_path,
+                home,
+                nginx=nginx.config_section(tmp_path / "certs"),
+                public_address="203.0.113.7",
+            )
+            public = free_port()
+            c1 = repo.commit("node")
+            result = deploys.apply(entry("shop", repo.url, c1, "r1", public_port=public))
+            first = live(result)
+            assert first["public_port"] == public and first["port"] != public
+            assert result["address"] == "203.0.113.7"
+            assert f"switching the proxy: port {public}" in deploys.stages("shop", "proxy")
+            assert get(public)[1].startswith("hello from v1")
+
+            c2 = repo.commit(files={"version.txt": "v2\n"})
+            second = live(deploys.apply(entry("shop", repo.url, c2, "r2", public_port=public)))
+            assert second["public_port"] == public and second["port"] != first["port"]
+            assert get(public)[1].startswith("hello from v2")
+            assert refused(first["port"])
+
+            # shop goes, blog comes with its port: shop's proxy file goes first.
+            blog = GitRepo(tmp_path / "blog")
+            b1 = blog.commit("node", files={"version.txt": "blog\n"})
+            result = deploys.apply(entry("blog", blog.url, b1, "r1", public_port=public))
+            assert result["apps"]["shop"]["status"] == "removed"
+            assert live(result, "blog")["public_port"] == public
+            assert get(public)[1].startswith("hello from blog")
+            assert not (nginx.conf_dir / "shop.conf").exists()
+
+            deploys.apply()
+            assert refused(public)
+    finally:
+        nginx.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_without_nginx_an_app_runs_on_its_release_port_only(tmp_path: Path, repo: GitRepo) -> None:
+    """A server where nginx is not set up (no conf dir): the app still goes live, as before
+    public ports, and the outcome says it has none."""
+    require_node_and_pm2()
+    with pm2_home(tmp_path) as home:
+        missing = tmp_path / "no-nginx" / "conf.d"
+        deploys = LocalDeploys.create(tmp_path, home, nginx={"conf_dir": str(missing)})
+        public = free_port()
+        result = deploys.apply(
+            entry("shop", repo.url, repo.commit("node"), "r1", public_port=public)
+        )
+        outcome = live(result)
+        assert outcome["public_port"] is None
+        assert get(outcome["port"])[1].startswith("hello from v1")
+        assert refused(public)
+        [note] = deploys.stages("shop", "proxy")
+        assert note.startswith("no stable address for the app on this server: nginx is not set")
+        assert not missing.exists()
+        assert result["address"] is None  # no agent.json to find the control plane in

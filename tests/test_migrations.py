@@ -127,12 +127,17 @@ async def test_apps_keep_their_branch_and_rows_when_branches_become_optional(
         if int(path.name.split("_", 1)[0]) < 8:
             shutil.copy(path, old / path.name)
     await db.migrate(db_url, location=old.parent)
-    app_id, dep_ids = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
+    app_id, server_id, dep_ids = uuid.uuid4(), uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
     await db.init_orm(db_url)
     try:
         org = await create_organization("Acme")
         async with scoped(org.id) as conn:
-            server = await Server.create(name="web-1")
+            # Raw SQL: the current models have columns this old schema lacks.
+            await conn.execute_query(
+                "INSERT INTO servers (id, name, description, status, created_at, "
+                f"organization_id) VALUES ('{server_id}', 'web-1', '', 'pending', "
+                f"CURRENT_TIMESTAMP, '{org.id}')"
+            )
             await conn.execute_query(
                 "INSERT INTO apps (id, name, repo_url, branch, env_encrypted, health_path, "
                 "health_timeout_s, domains, tls, runtime, keep_releases, "
@@ -145,12 +150,12 @@ async def test_apps_keep_their_branch_and_rows_when_branches_become_optional(
                     "INSERT INTO deployments (id, number, kind, branch, env_encrypted, "
                     "triggered_by, status, created_at, app_id, server_id, organization_id) "
                     f"VALUES ('{dep_id}', {number + 1}, 'deploy', '{branch}', '', 'test', "
-                    f"'live', CURRENT_TIMESTAMP, '{app_id}', '{server.id}', '{org.id}')"
+                    f"'live', CURRENT_TIMESTAMP, '{app_id}', '{server_id}', '{org.id}')"
                 )
             await conn.execute_query(
                 "INSERT INTO app_servers (id, live_deployment_id, app_id, server_id, "
                 f"organization_id) VALUES ('{uuid.uuid4()}', '{dep_ids[0]}', '{app_id}', "
-                f"'{server.id}', '{org.id}')"
+                f"'{server_id}', '{org.id}')"
             )
     finally:
         await db.close_orm()
@@ -168,5 +173,66 @@ async def test_apps_keep_their_branch_and_rows_when_branches_become_optional(
             assert branches == {dep_ids[0]: "trunk", dep_ids[1]: None}
             await App.filter(id=app_id).update(branch=None)  # now optional
             assert (await App.get(id=app_id)).branch is None
+    finally:
+        await db.close_orm()
+
+
+@BOTH_DATABASES
+async def test_placements_get_their_public_port_at_their_next_deploy(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Migration 9: placements made before public ports keep their rows with no port yet
+    (given at their next deploy); two placements on a server never share one."""
+    from tortoise.exceptions import IntegrityError
+
+    from serverflow.deploys.addresses import public_port
+    from serverflow.models import AppServer
+
+    location = db.migrations_location(db_url)
+    old = tmp_path / "old" / "models"
+    old.mkdir(parents=True)
+    for path in (location / "models").glob("*_*.py"):
+        if int(path.name.split("_", 1)[0]) < 9:
+            shutil.copy(path, old / path.name)
+    await db.migrate(db_url, location=old.parent)
+    server_id, placements = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
+    await db.init_orm(db_url)
+    try:
+        org = await create_organization("Acme")
+        async with scoped(org.id) as conn:
+            await conn.execute_query(
+                "INSERT INTO servers (id, name, description, status, created_at, "
+                f"organization_id) VALUES ('{server_id}', 'web-1', '', 'online', "
+                f"CURRENT_TIMESTAMP, '{org.id}')"
+            )
+            for n, placement in enumerate(placements):
+                app_id = uuid.uuid4()
+                await conn.execute_query(
+                    "INSERT INTO apps (id, name, repo_url, env_encrypted, health_path, "
+                    "health_timeout_s, domains, tls, runtime, keep_releases, formation, "
+                    "webhook_secret_encrypted, created_at, updated_at, organization_id) VALUES "
+                    f"('{app_id}', 'app{n}', '/srv/a.git', '', '/', 60, '[]', true, 'pm2', 5, "
+                    f"'{{}}', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{org.id}')"
+                )
+                await conn.execute_query(
+                    "INSERT INTO app_servers (id, app_id, server_id, organization_id) VALUES "
+                    f"('{placement}', '{app_id}', '{server_id}', '{org.id}')"
+                )
+    finally:
+        await db.close_orm()
+
+    applied = await db.migrate(db_url)
+    assert applied and applied[0].startswith("9_")
+    await db.init_orm(db_url)
+    try:
+        async with scoped(org.id):
+            server = await Server.get(id=server_id)
+            assert server.address is None and server.last_public_port is None
+            rows = [await AppServer.get(id=p) for p in placements]
+            assert [(r.public_port, r.public_port_served) for r in rows] == [(None, False)] * 2
+            assert await public_port(rows[0], (9000, 9009)) == 9000
+        with pytest.raises(IntegrityError):
+            async with scoped(org.id):
+                await AppServer.filter(id=placements[1]).update(public_port=9000)
     finally:
         await db.close_orm()

@@ -23,6 +23,7 @@ from websockets.sync.server import ServerConnection, serve
 from serverflow_agent.deploy.settings import DeploySettings
 from serverflow_agent.proxy import Proxy, ProxyError, Route
 from serverflow_agent.proxy.nginx import Site, Tls
+from serverflow_testkit import free_port
 from serverflow_testkit.nginx import NginxServer, Upstream, start_nginx, world_readable_dir
 from serverflow_testkit.tls import CertificateAuthority
 
@@ -89,6 +90,49 @@ def test_switch_routes_the_domain_to_the_upstream(
     other = get(nginx, "nobody.test")
     assert other.status_code == 404
     assert RELEASE not in other.headers
+
+
+def test_a_public_port_serves_one_app_whatever_the_host(
+    nginx: NginxServer, proxy: Proxy, upstreams: list[Upstream]
+) -> None:
+    blue, green = upstreams
+    port = free_port()
+    proxy.switch("api", Route([], upstream_port=blue.port, public_port=port), "r1")
+    for host in ("203.0.113.7", f"203.0.113.7:{port}", "anything.test"):
+        answer = httpx.get(f"http://127.0.0.1:{port}/items", headers={"Host": host}, timeout=5)
+        assert (answer.status_code, answer.text) == (200, "blue /items\n")
+        assert answer.headers[RELEASE] == "r1"
+    assert (
+        json.loads(httpx.get(f"http://127.0.0.1:{port}/headers", timeout=5).text)["host"]
+        == f"127.0.0.1:{port}"
+    )
+    assert get(nginx, "api.test").status_code == 404  # no domain: not on the HTTP port
+
+    # The next release, on the same port; then a domain as well.
+    proxy.switch("api", Route([], upstream_port=green.port, public_port=port), "r2")
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "green /\n"
+    proxy.switch("api", Route(["api.test"], upstream_port=green.port, public_port=port), "r3")
+    assert get(nginx, "api.test").headers[RELEASE] == "r3"
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).headers[RELEASE] == "r3"
+
+    # A port is one app's: not another's, not a port another program has, not nginx's own.
+    before = {p.name: p.read_text() for p in nginx.conf_dir.iterdir()}
+    with pytest.raises(ProxyError, match="already the public port of app api"):
+        proxy.switch("other", Route([], upstream_port=blue.port, public_port=port), "o1")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        with pytest.raises(ProxyError, match=f"port {taken}, the public port of app other, is in"):
+            proxy.switch("other", Route([], upstream_port=blue.port, public_port=taken), "o1")
+    with pytest.raises(ProxyError, match="nginx's HTTP or HTTPS port"):
+        proxy.switch("other", Route([], upstream_port=blue.port, public_port=nginx.http_port), "o1")
+    assert {p.name: p.read_text() for p in nginx.conf_dir.iterdir()} == before
+
+    proxy.remove("api")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert get(nginx, "api.test").status_code == 404
 
 
 def test_websockets_pass_through(nginx: NginxServer, proxy: Proxy) -> None:
@@ -202,6 +246,9 @@ BAD_SWITCHES = [
     ("bad", Route(["a" * 64 + ".test"], upstream_port=1), "r1", "invalid domain"),
     ("bad", Route(["10.0.0.1"], upstream_port=1), "r1", "IP address"),
     ("bad", Route([], upstream_port=1), "r1", "at least one domain"),
+    ("bad", Route([], upstream_port=1, public_port=70000), "r1", "invalid port"),
+    ("bad", Route([], upstream_port=1, public_port=True), "r1", "invalid port"),  # type: ignore[arg-type]
+    ("bad", Route(["shop.test; }"], upstream_port=1, public_port=9), "r1", "invalid domain"),
     ("bad", Route("shop.test", upstream_port=1), "r1", "a list of host names"),  # type: ignore[arg-type]
     ("bad", Route(["ok.test"]), "r1", "exactly one of"),
     ("bad", Route(["ok.test"], upstream_port=70000), "r1", "invalid upstream port"),

@@ -124,3 +124,25 @@ def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path, data: Path)
     missing = tmp_path / "missing.toml"
     with pytest.raises(ConfigError, match=f"config file {missing} does not exist"):
         load_settings(_env(data, SERVERFLOW_CONFIG=str(missing)))
+
+
+def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
+    env = {"SERVERFLOW_DATA_DIR": str(tmp_path), "SERVERFLOW_TRUSTED_PROXIES": "127.0.0.1, ::1"}
+    assert load_settings(env).trusted_proxies == ("127.0.0.1", "::1")
+    with pytest.raises(ConfigError, match="'nginx' is not an IP address or network"):
+        load_settings({**env, "SERVERFLOW_TRUSTED_PROXIES": "10.0.0.0/8,nginx"})
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_rightmost_untrusted_hop() -> None:
+    from serverflow.auth import forwarded_client
+
+    trusted = ("127.0.0.1", "10.0.0.0/8")
+    # nginx on 127.0.0.1 appended the address it saw.
+    assert forwarded_client("127.0.0.1", ["203.0.113.9"], trusted) == "203.0.113.9"
+    # A client's own X-Forwarded-For is not believed: only what our proxies appended.
+    assert forwarded_client("127.0.0.1", ["6.6.6.6, 203.0.113.9"], trusted) == "203.0.113.9"
+    assert forwarded_client("127.0.0.1", ["6.6.6.6", "10.1.2.3"], trusted) == "6.6.6.6"
+    # Not from a trusted proxy: the header is ignored.
+    assert forwarded_client("198.51.100.1", ["6.6.6.6"], trusted) == "198.51.100.1"
+    # Garbage in the header is an untrusted hop like any other, never a crash.
+    assert forwarded_client("127.0.0.1", ["not-an-ip"], trusted) == "not-an-ip"

@@ -1,3 +1,5 @@
 """ServerFlow agent: the small process that runs on each managed server."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("serverflow-agent")  # one source: agent/pyproject.toml

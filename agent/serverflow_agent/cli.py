@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from serverflow_agent import __version__
-from serverflow_agent.config import AgentConfig, ConfigError, ensure_state_dir, state_dir_from
+from serverflow_agent.config import (
+    DEFAULT_STATE_DIR,
+    AgentConfig,
+    ConfigError,
+    ensure_state_dir,
+    install_record_path,
+    state_dir_from,
+)
 from serverflow_agent.plugins import AgentPlugins
 from serverflow_contract import protocol
 
@@ -195,6 +202,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     for key in (
+        "state_dir",
         "server_id",
         "org_id",
         "url",
@@ -213,8 +221,8 @@ def _status(args: argparse.Namespace) -> int:
 def _state_dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
-        help="agent state directory (default: $SERVERFLOW_AGENT_STATE_DIR or "
-        "/var/lib/serverflow-agent)",
+        help="agent state directory (default: $SERVERFLOW_AGENT_STATE_DIR, else the one "
+        f"install.sh recorded in {install_record_path()}, else {DEFAULT_STATE_DIR})",
     )
 
 
@@ -252,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     actions.set_defaults(func=_actions)
 
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:  # an unreadable install record (state_dir_from)
+        return _error("STATE", str(exc))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from serverflow_contract import protocol
 
 DEFAULT_STATE_DIR = "/var/lib/serverflow-agent"
 STATE_DIR_ENV = "SERVERFLOW_AGENT_STATE_DIR"
+# Written by install.sh into the venv (sys.prefix); see install_record_path().
+INSTALL_RECORD = "serverflow-agent.conf"
 CONFIG_FILE = "agent.json"
 STATE_FILE = "state.sqlite3"
 
@@ -25,8 +29,40 @@ class ConfigError(Exception):
 
 
 def state_dir_from(option: str | os.PathLike[str] | None) -> Path:
-    """--state-dir, else $SERVERFLOW_AGENT_STATE_DIR, else /var/lib/serverflow-agent."""
-    return Path(option or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    """--state-dir, else $SERVERFLOW_AGENT_STATE_DIR, else the state dir the installer
+    recorded for this installation, else /var/lib/serverflow-agent."""
+    return Path(
+        option or os.environ.get(STATE_DIR_ENV) or recorded_state_dir() or DEFAULT_STATE_DIR
+    )
+
+
+def install_record_path() -> Path:
+    """The installer's record of this installation, in the agent's own venv.
+
+    Beside the code it describes rather than in /etc: each installation (each --prefix)
+    has its own, nothing outside the prefix is needed to find it, and no variable has to
+    point at it.
+    """
+    return Path(sys.prefix) / INSTALL_RECORD
+
+
+def recorded_state_dir(record: Path | None = None) -> Path | None:
+    """`state_dir` from the `[agent]` section of the install record, None without one."""
+    path = record or install_record_path()
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as file:
+            parser.read_file(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError, configparser.Error) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    value = parser.get("agent", "state_dir", fallback="").strip()
+    if not value:
+        return None
+    if not os.path.isabs(value):
+        raise ConfigError(f"{path}: state_dir must be an absolute path, not {value!r}")
+    return Path(value)
 
 
 def ensure_state_dir(path: Path) -> Path:

@@ -4,6 +4,7 @@ document hash both sides compute. Light on imports: the idle agent loads it."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ from serverflow_contract.naming import (
     RELEASE_ID,
     REPO_URL_MAX,
     RUNTIME_NAME_MAX,
+    InvalidName,
+    check_domain,
 )
 from serverflow_contract.protocol import canonical
 
@@ -30,6 +33,22 @@ def document_hash(document: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of the document without its `hash` member."""
     body = {k: v for k, v in document.items() if k != "hash"}
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def check_address(value: Any) -> str:
+    """Where a server is reached from outside (`state.apply` answers it): an IP address or
+    a host name; raises InvalidName."""
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            pass
+    try:
+        return check_domain(value)
+    except InvalidName:
+        raise InvalidName(
+            f"invalid address {str(value)[:80]!r}: not an IP address or a host name"
+        ) from None
 
 
 _ARGV_SCHEMA = {"type": "array", "items": {"type": "string"}, "maxItems": 200}
@@ -60,6 +79,13 @@ STATE_APPLY: dict[str, Any] = {
                     "build": {"type": ["array", "null"], "maxItems": 20, "items": _ARGV_SCHEMA},
                     "start": {**_ARGV_SCHEMA, "type": ["array", "null"]},
                     "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+                    # The app's stable address on this server: the port the proxy listens on
+                    # (plain HTTP, any host name) and routes to whichever release is live.
+                    "public_port": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "maximum": 65535,
+                    },
                     "env": {
                         "type": ["object", "null"],
                         "additionalProperties": {"type": "string", "maxLength": ENV_VALUE_MAX},

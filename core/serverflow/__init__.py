@@ -1,3 +1,5 @@
 """ServerFlow control plane."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("serverflow")  # one source: pyproject.toml

@@ -6,6 +6,7 @@ A surface like `api/` and `mcp/`: it reaches the hub through the control plane, 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import socket
@@ -39,9 +40,14 @@ bp = Blueprint("agents", __name__)
 async def install_script() -> Response:
     cp = current()
     template = resources.files("serverflow.agents").joinpath("install.sh.tmpl").read_text()
+    # With each wheel's hash, a second run keeps what it already has (idempotent, fast).
+    wheels = " ".join(
+        f"{name}={hashlib.sha256(wheel.data).hexdigest()}"
+        for name, wheel in sorted(agent_wheels().items())
+    )
     script = (
         template.replace("__URL__", cp.settings.base_url)
-        .replace("__WHEELS__", " ".join(sorted(agent_wheels())))
+        .replace("__WHEELS__", wheels)
         .replace("__PIN__", cp.tls_pin or "")
     )
     return Response(script, content_type="text/x-shellscript; charset=utf-8")

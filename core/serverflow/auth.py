@@ -7,6 +7,7 @@ CSRF, then runs the handler inside `scoped()` for the caller's organisation.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -257,8 +258,32 @@ def principal() -> Principal:
 
 
 def client_ip() -> str:
-    """The caller's address as the ASGI server saw it (X-Forwarded-For is not trusted)."""
-    return (request.remote_addr or "unknown")[:64]
+    """The caller's address: the connection's, unless it comes from a trusted proxy
+    (setting TRUSTED_PROXIES), whose X-Forwarded-For then names the client."""
+    remote = request.remote_addr or "unknown"
+    trusted = current().settings.trusted_proxies
+    if trusted:
+        remote = forwarded_client(remote, request.headers.getlist("X-Forwarded-For"), trusted)
+    return remote[:64]
+
+
+def forwarded_client(remote: str, forwarded_for: list[str], trusted: tuple[str, ...]) -> str:
+    """The first address, from the right, that is not a trusted proxy: each proxy appends
+    the address it saw, so only the entries our own proxies added can be believed."""
+    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    client = remote
+    while is_trusted(client) and hops:
+        client = hops.pop()
+    return client
 
 
 async def check_password(email: str, password_hash: str | None, password: str) -> bool:

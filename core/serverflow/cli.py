@@ -303,6 +303,11 @@ def tokens() -> None:
 )
 @click.option("--operator", is_flag=True, help="Also act as an instance operator (manage plugins).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--print-token",
+    is_flag=True,
+    help="Print only the token (for scripts: export SERVERFLOW_TOKEN=$(...)).",
+)
 @run_async
 async def tokens_create(
     org_ref: str,
@@ -312,6 +317,7 @@ async def tokens_create(
     allow_apply: bool,
     operator: bool,
     as_json: bool,
+    print_token: bool,
 ) -> None:
     """Create an API token; its value is printed once and stored only as a hash."""
     from serverflow.accounts import get_org, issue_token
@@ -352,6 +358,8 @@ async def tokens_create(
     result = await _with_db(settings, body)
     if as_json:
         click.echo(json.dumps(result))
+    elif print_token:
+        click.echo(result["token"])
     else:
         click.echo(f"token {name!r} ({role} of {result['organization']}), shown once:")
         click.echo(result["token"])
@@ -407,12 +415,18 @@ def servers() -> None:
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--print-command",
+    is_flag=True,
+    help="Print only the install command (for scripts: INSTALL=$(...)).",
+)
 @remote
 def servers_add(
     name: str,
     description: str,
     security_mode: str,
     as_json: bool,
+    print_command: bool,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -426,6 +440,9 @@ def servers_add(
         click.echo(json.dumps(server))
         return
     install = server["install"]
+    if print_command:
+        click.echo(install["command"])
+        return
     click.echo(f"server {server['name']} created ({server['id']})")
     click.echo("run this on the server within an hour (the token works once):\n")
     click.echo(f"  {install['command']}\n")
@@ -608,7 +625,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True)
 @remote
 def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
-    """Apps with their servers and domains."""
+    """Apps with their servers and URLs."""
     rows = api_client(url, token).request("GET", "/apps")["apps"]
     if as_json:
         click.echo(json.dumps(rows))
@@ -616,10 +633,18 @@ def apps_list(as_json: bool, url: str | None, token: str | None) -> None:
     for row in rows:
         servers = ", ".join(s["name"] for s in row["servers"])
         formation = _formation_shown(row)
+        others = row["domains"][1:]  # the first one is the URL's
         click.echo(
             f"{row['name']:<24} {_branch_shown(row):<16} {servers:<24} "
-            f"{', '.join(row['domains'])}" + (f"  [{formation}]" if formation else "")
+            f"{', '.join(_urls(row)) or '-'}"
+            + (f" (also {', '.join(others)})" if others else "")
+            + (f"  [{formation}]" if formation else "")
         )
+
+
+def _urls(app: dict[str, Any]) -> list[str]:
+    """The app's URLs, once each (an app with a domain has one on all its servers)."""
+    return list(dict.fromkeys(s["url"] for s in app["servers"] if s.get("url")))
 
 
 def _branch_shown(app: dict[str, Any]) -> str:
@@ -811,24 +836,62 @@ def apps_delete(app: str, url: str | None, token: str | None) -> None:
 
 def _follow(client: Any, deployments: list[dict[str, Any]]) -> bool:
     """Print each deployment's log live; True if all ended live."""
-    ok = True
+    return all(dep.get("status") == "live" for dep in _followed(client, deployments))
+
+
+def _followed(
+    client: Any, deployments: list[dict[str, Any]], err: bool = False
+) -> list[dict[str, Any]]:
+    """Print each deployment's log live (on stderr with `err`); each one as it ended."""
+    finals = []
     for dep in deployments:
-        click.echo(f"==> deployment #{dep['number']} ({dep['kind']}) {dep['id']}")
+        click.echo(f"==> deployment #{dep['number']} ({dep['kind']}) {dep['id']}", err=err)
         final: dict[str, Any] = {}
         for event, data in client.events(f"/deployments/{dep['id']}/logs?follow=true"):
             if event == "log":
                 stage = f"[{data['stage']}] " if data.get("stage") else ""
-                click.echo(f"{stage}{data['line']}")
+                click.echo(f"{stage}{data['line']}", err=err)
             elif event == "status":
                 final = data
         status = final.get("status", "unknown")
         seconds = (final.get("duration_ms") or 0) / 1000
         click.echo(
             f"==> {status} in {seconds:.1f} s"
-            + (f": {final['reason']}" if final.get("reason") else "")
+            + (f": {final['reason']}" if final.get("reason") else ""),
+            err=err,
         )
-        ok = ok and status == "live"
-    return ok
+        finals.append({**dep, **final, "status": status})
+    return finals
+
+
+def _with_urls(client: Any, app: str, deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deployments, each with its server's name and the app's URL there (null: none
+    yet)."""
+    servers = {s["id"]: s for s in client.request("GET", f"/apps/{app}")["servers"]}
+    return [
+        {
+            **dep,
+            "server": servers.get(dep["server_id"], {}).get("name"),
+            "url": servers.get(dep["server_id"], {}).get("url"),
+        }
+        for dep in deployments
+    ]
+
+
+def _say_live(client: Any, app: str, deployments: list[dict[str, Any]]) -> None:
+    """Where the app is now live: `live: URL`, once per URL."""
+    shown = set()
+    for dep in _with_urls(client, app, deployments):
+        if dep["status"] != "live":
+            continue
+        if dep["url"] is None:
+            click.echo(
+                f"live on {dep['server'] or dep['server_id']}, but without a URL there yet: "
+                f"the deploy log says why (serverflow logs {app} --deploy)"
+            )
+        elif dep["url"] not in shown:
+            shown.add(dep["url"])
+            click.echo(f"live: {dep['url']}")
 
 
 @main.command("deploy")
@@ -859,7 +922,7 @@ def deploy_command(
             err=as_json,
         )
     if as_json and not wait:
-        click.echo(json.dumps(deps))
+        click.echo(json.dumps(_with_urls(client, app, deps)))
         return
     if not wait:
         for dep in deps:
@@ -867,7 +930,13 @@ def deploy_command(
                 f"deployment {dep['id']} queued; follow: serverflow logs {app} --deploy --follow"
             )
         return
-    if not _follow(client, deps):
+    # With --json the logs go to stderr: the JSON stays the only thing on stdout.
+    finals = _followed(client, deps, err=as_json)
+    if as_json:
+        click.echo(json.dumps(_with_urls(client, app, finals)))
+    else:
+        _say_live(client, app, finals)
+    if not all(dep["status"] == "live" for dep in finals):
         raise click.exceptions.Exit(1)
 
 
@@ -888,7 +957,9 @@ def rollback_command(
         for dep in deps:
             click.echo(f"rollback {dep['id']} to {dep['release']} queued")
         return
-    if not _follow(client, deps):
+    finals = _followed(client, deps)
+    _say_live(client, app, finals)
+    if not all(dep["status"] == "live" for dep in finals):
         raise click.exceptions.Exit(1)
 
 
@@ -1178,3 +1249,7 @@ def config_show(as_json: bool) -> None:
 from serverflow.cli_plans import plans  # noqa: E402
 
 main.add_command(plans)
+
+from serverflow.install import install_command  # noqa: E402
+
+main.add_command(install_command)

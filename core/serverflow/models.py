@@ -191,6 +191,12 @@ class Server(TenantModel):
     inventory: Any = fields.JSONField(null=True)
     registry_version = fields.IntField(default=0)
     metrics: Any = fields.JSONField(null=True)
+    # Where its apps are reached from outside, as its agent last reported it (the host of
+    # the URLs of apps without a domain).
+    address = fields.CharField(max_length=255, null=True)
+    # The public port last given to an app here: the next one is taken after it, so a
+    # deleted app's port goes to a new app only once the range has come round.
+    last_public_port = fields.IntField(null=True)
 
     class Meta:
         table = "servers"
@@ -332,10 +338,15 @@ class AppServer(TenantModel):
     )
     server_id: uuid.UUID
     live_deployment_id = fields.UUIDField(null=True)
+    # The app's stable address on the server, for as long as the app is placed there: the
+    # port nginx listens on for it (given at its first deploy without a domain).
+    public_port = fields.IntField(null=True)
+    # Whether the live release is served on it (not when nginx is not set up there).
+    public_port_served = fields.BooleanField(default=False)
 
     class Meta:
         table = "app_servers"
-        unique_together = (("app", "server"),)
+        unique_together = (("app", "server"), ("server", "public_port"))
         manager = TenantManager()
 
 

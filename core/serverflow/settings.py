@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -147,6 +148,9 @@ class Settings(BaseSettings):
     offline_after_missed: int = Field(default=3, ge=1)
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
+    # The ports the agents' nginx listens on for apps without a domain: one per app and
+    # server, kept across releases (docs/deploys.md). SERVERFLOW_APP_PORTS=8100-8999.
+    app_ports: tuple[int, int] = (8100, 8999)
     audit_retention_days: int = Field(default=365, ge=1)
     # Security refusals of one kind are written once per window, then as a count.
     audit_refusal_window_s: float = Field(default=60, gt=0, le=3600)
@@ -155,6 +159,9 @@ class Settings(BaseSettings):
     plan_expiry_seconds: int = Field(default=900, ge=1)  # MCP dry runs not applied in time
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed: behind
+    # the production install's nginx, 127.0.0.1. Empty: the connection's address counts.
+    trusted_proxies: tuple[str, ...] = ()
     config_file: Path | None = None
 
     @classmethod
@@ -180,11 +187,39 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("disabled_plugins", mode="before")
+    @field_validator("disabled_plugins", "trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
+
+    @field_validator("app_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            low, sep, high = value.partition("-")
+            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+                raise ValueError(f"{value!r} is not a port range like 8100-8999")
+            return (int(low), int(high))
+        return value
+
+    @field_validator("app_ports")
+    @classmethod
+    def _ports_in_order(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"{low}-{high} is not a port range (1-65535, low-high)")
         return value
 
     @property

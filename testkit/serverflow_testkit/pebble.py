@@ -28,17 +28,18 @@ class PebbleServer:
     management_port: int
     ca_bundle: Path  # trusts pebble's own listener (not the certificates it issues)
     process: subprocess.Popen[bytes]
+    address: str = "127.0.0.1"
 
     @property
     def directory_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/dir"
+        return f"https://{self.address}:{self.port}/dir"
 
     def root(self) -> Path:
         """pebble's issuing root (PEM), saved to a file for `--cacert` / ssl contexts."""
         path = self.dir / "issuing-root.pem"
         if not path.exists():
             answer = httpx.get(
-                f"https://127.0.0.1:{self.management_port}/roots/0",
+                f"https://{self.address}:{self.management_port}/roots/0",
                 verify=ssl.create_default_context(cafile=str(self.ca_bundle)),
                 timeout=10,
             )
@@ -64,27 +65,32 @@ class PebbleServer:
 
 
 def start_pebble(
-    directory: Path, http_port: int | None = None, dns_port: int | None = None
+    directory: Path,
+    http_port: int | None = None,
+    dns_port: int | None = None,
+    address: str = "127.0.0.1",
 ) -> PebbleServer:
-    """pebble in `directory`. By default every challenge is valid without a look; with
-    `dns_port` (see `start_resolver`) pebble really validates HTTP-01 on `http_port`."""
+    """pebble in `directory`, listening on `address`. By default every challenge is valid
+    without a look; with `dns_port` (see `start_resolver`) pebble really validates HTTP-01
+    on `http_port`."""
     if shutil.which("pebble") is None:
         missing("pebble", "the pebble binary is not installed (apt-get install pebble)")
     if shutil.which("openssl") is None:
         missing("openssl", "the openssl binary is not installed")
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
+    names = "DNS:localhost,IP:127.0.0.1" + ("" if address == "127.0.0.1" else f",IP:{address}")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-subj", "/CN=localhost", "-addext", f"subjectAltName={names}",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     port, management = free_port(), free_port()
     config = {
         "pebble": {
-            "listenAddress": f"127.0.0.1:{port}",
-            "managementListenAddress": f"127.0.0.1:{management}",
+            "listenAddress": f"{address}:{port}",
+            "managementListenAddress": f"{address}:{management}",
             "certificate": str(cert),
             "privateKey": str(key),
             "httpPort": http_port or free_port(),
@@ -108,7 +114,7 @@ def start_pebble(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = PebbleServer(directory, port, management, cert, process)
+    server = PebbleServer(directory, port, management, cert, process, address)
     trust = ssl.create_default_context(cafile=str(cert))
     deadline = time.monotonic() + 20
     while True:

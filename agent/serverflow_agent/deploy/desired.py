@@ -65,6 +65,14 @@ def _argv(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _port(value: Any, what: str) -> int | None:
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535
+    ):
+        raise DeployError(f"invalid {what} {value!r}")
+    return value
+
+
 # -- the document -------------------------------------------------------------------------
 
 
@@ -90,6 +98,7 @@ class AppSpec:
     build: tuple[tuple[str, ...], ...] | None = None
     start: tuple[str, ...] | None = None
     port: int | None = None
+    public_port: int | None = None  # the proxy listens here for the app, whatever the release
     env: Mapping[str, str] = field(default_factory=dict)
     health: Health = Health(None)
     domains: tuple[str, ...] = ()
@@ -117,11 +126,13 @@ def parse_app(raw: Any) -> AppSpec:
     start = raw.get("start")
     if start is not None:
         start = _argv(start, "start")
-    port = raw.get("port")
-    if port is not None and (
-        not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
-    ):
-        raise DeployError(f"invalid port {port!r}")
+    port = _port(raw.get("port"), "port")
+    public_port = _port(raw.get("public_port"), "public port")
+    if public_port is not None and public_port == port:
+        raise DeployError(
+            f"the fixed port {port} is also the app's public port: the proxy listens on the "
+            "public port, the release needs another one"
+        )
     env = check_env(raw.get("env") or {})
     health_raw = raw.get("health")
     health = Health(None)
@@ -170,6 +181,7 @@ def parse_app(raw: Any) -> AppSpec:
         build=build,
         start=start,
         port=port,
+        public_port=public_port,
         env=env,
         health=health,
         domains=tuple(domains),

@@ -32,12 +32,16 @@ class ProxySwitch(Protocol):
         port: int | None = None,
         static_root: Path | None = None,
         static_paths: Sequence[tuple[str, str]] = (),
+        public_port: int | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        """Route `domains` to `port` (or serve `static_root`), with `static_paths` (URL
-        prefix, directory) served by the proxy itself, then return once the proxy answers
-        with `release`; raise ProxySwitchError with the old routing intact. `progress`
-        hears about the certificate."""
+        """Route `domains`, and `public_port` (any Host) if given, to `port` (or serve
+        `static_root`), with `static_paths` (URL prefix, directory) served by the proxy
+        itself, then return once the proxy answers with `release`; raise ProxySwitchError
+        with the old routing intact. `progress` hears about the certificate."""
+
+    def available(self) -> str | None:
+        """None if the proxy can take routes on this server, else why not."""
 
     def remove(self, app: str) -> None:
         """Stop routing to `app` (no error if it was not routed)."""
@@ -65,6 +69,7 @@ class NginxSwitch:
         port: int | None = None,
         static_root: Path | None = None,
         static_paths: Sequence[tuple[str, str]] = (),
+        public_port: int | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         from serverflow_agent.proxy import ProxyError, Route
@@ -74,11 +79,23 @@ class NginxSwitch:
             upstream_port=port,
             static_root=None if static_root is None else str(static_root),
             static_paths=tuple(static_paths),
+            public_port=public_port,
         )
         try:
             self._get().switch(app, route, release, tls=tls, progress=progress)
         except ProxyError as exc:
             raise ProxySwitchError(str(exc)) from exc
+
+    def available(self) -> str | None:
+        # The installer makes the directory when nginx is installed (and tests point it at
+        # their own nginx): without it, nginx does not read what the agent would write.
+        conf_dir = self.settings.nginx.conf_dir
+        if conf_dir.is_dir():
+            return None
+        return (
+            f"nginx is not set up on this server (deploy.nginx.conf_dir {conf_dir} does not "
+            "exist; the agent's installer makes it when nginx is installed)"
+        )
 
     def remove(self, app: str) -> None:
         from serverflow_agent.proxy import ProxyError

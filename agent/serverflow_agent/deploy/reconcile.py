@@ -4,6 +4,7 @@ Per changed app (docs/deploys.md):
 
     sync repo -> check out the commit into a new release dir -> detect -> build
       -> start the new release on a fresh port -> health check -> switch the proxy
+      (the app's domains, and its public port: its stable address on this server)
       -> point `current` at it, record it -> drain, stop the old release -> prune
 
 Until the proxy switch nothing the old release needs is touched, and every failure before
@@ -30,6 +31,7 @@ from typing import Any
 from serverflow_agent import progress
 from serverflow_agent.config import state_dir_from
 from serverflow_agent.deploy import git, ports, procfile, versions
+from serverflow_agent.deploy.address import public_address
 from serverflow_agent.deploy.build import Builder, short
 from serverflow_agent.deploy.desired import (
     AppSpec,
@@ -120,6 +122,7 @@ class Reconciler:
                         "hash": digest,
                         "changed": False,
                         "apps": {str(n): self._unchanged(str(n)) for n in names},
+                        "address": public_address(self.settings, self.state_dir),
                     }
                 # Applied, but something is not running any more (PM2's daemon was killed,
                 # the server rebooted): bring it back from the releases on disk.
@@ -129,15 +132,22 @@ class Reconciler:
                 + (f" (deployment {document['deployment']})" if document.get("deployment") else "")
             )
             outcomes: dict[str, dict[str, Any]] = {}
+            # Removed apps first: a domain or a public port they had may be another's now.
+            for name in sorted(self._deployed() - {str(n) for n in names}):
+                outcomes[name] = self._remove(name)
             for entry in entries:
                 outcome = self._apply_app(entry)
                 outcomes[str(outcome.pop("name"))] = outcome
-            for name in sorted(self._deployed() - set(outcomes)):
-                outcomes[name] = self._remove(name)
             changed = any(o["status"] != "unchanged" for o in outcomes.values())
             if all(o["status"] != "failed" for o in outcomes.values()):
                 self._record_applied(version, digest)
-            return {"version": version, "hash": digest, "changed": changed, "apps": outcomes}
+            return {
+                "version": version,
+                "hash": digest,
+                "changed": changed,
+                "apps": outcomes,
+                "address": public_address(self.settings, self.state_dir),
+            }
 
     def _applied(self) -> dict[str, Any]:
         """The last document applied without a failure: {version, hash, applied_at}."""
@@ -227,6 +237,7 @@ class Reconciler:
             "release": state.get("release"),
             "commit": state.get("commit"),
             "port": state.get("port"),
+            "public_port": state.get("public_port"),
         }
 
     # -- one app -------------------------------------------------------------------------
@@ -327,24 +338,25 @@ class Reconciler:
             if workers:
                 self._wait_alive(spec, runtime, workers)
             static_root = release_dir if plan.kind == "static" else None
+            routed = bool(spec.domains) or spec.public_port is not None
             if plan.start is None and plan.kind != "static":
-                if spec.domains:
+                if routed:
                     self.emit(
-                        "no web process (the Procfile has no web: line): the domains are "
-                        "not routed",
+                        "no web process (the Procfile has no web: line): the app is not routed",
                         spec.name,
                         "proxy",
                     )
             elif plan.kind == "static":
                 self.emit(
                     "static site: the proxy serves the release directory"
-                    if spec.domains
+                    if routed
                     else "static site without domains: nothing serves it",
                     spec.name,
                     "start",
                 )
+            public_port = None
             if plan.start is not None or plan.kind == "static":
-                self._switch_proxy(spec, old, port, static_root, plan.static)
+                public_port = self._switch_proxy(spec, old, port, static_root, plan.static)
         except BaseException:
             if started:
                 self.emit(f"stopping the new release {spec.release}", spec.name, "rollback")
@@ -370,6 +382,7 @@ class Reconciler:
                 "process": web,
                 "processes": started,
                 "port": port,
+                "public_port": public_port,
                 "static_root": str(release_dir) if plan.kind == "static" else None,
                 "domains": list(spec.domains),
                 "tls": spec.tls,
@@ -390,6 +403,7 @@ class Reconciler:
             "release": spec.release,
             "commit": spec.commit,
             "port": port,
+            "public_port": public_port,
             "process": web,
             "processes": started,
         }
@@ -560,6 +574,8 @@ class Reconciler:
         """The new release's port, and whether the old release had to stop to free it."""
         if spec.port is None:
             reserved = self._reserved_ports()
+            if spec.public_port is not None:
+                reserved.add(spec.public_port)  # nginx may not listen on it yet
             return ports.allocate(self.settings.port_range, reserved), False
         old_process = old.get("process") if old else None
         if old and old.get("port") == spec.port and old_process:
@@ -582,12 +598,16 @@ class Reconciler:
         return spec.port, False
 
     def _reserved_ports(self) -> set[int]:
-        """Ports recorded for running releases: kept even while one restarts."""
+        """Ports recorded for running releases (kept even while one restarts), and the
+        public ports the proxy listens on."""
         reserved = set()
         for path in self.settings.apps_dir.glob("*/state.json"):
             state = AppDir(self.settings.apps_dir, path.parent.name).state() or {}
-            if state.get("status") == "live" and isinstance(state.get("port"), int):
-                reserved.add(state["port"])
+            if state.get("status") != "live":
+                continue
+            for key in ("port", "public_port"):
+                if isinstance(state.get(key), int):
+                    reserved.add(state[key])
         return reserved
 
     def _wait_healthy(
@@ -655,29 +675,46 @@ class Reconciler:
         port: int | None,
         static_root: Path | None,
         static_paths: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        if spec.domains:
-            self.emit(f"switching the proxy: {', '.join(spec.domains)}", spec.name, "proxy")
+    ) -> int | None:
+        """Route the app's domains and public port to the new release; the public port
+        the proxy now listens on for it, if any."""
+        public_port = spec.public_port
+        missing = self.proxy.available() if public_port or (old or {}).get("public_port") else None
+        if public_port is not None and missing is not None:
+            # As before public ports existed: the app runs, on its release's own port.
+            self.emit(
+                f"no stable address for the app on this server: {missing}; it is reached on "
+                f"the port of its release ({port or 'none'}) only",
+                spec.name,
+                "proxy",
+            )
+            public_port = None
+        if spec.domains or public_port is not None:
+            where = [*spec.domains, *([f"port {public_port}"] if public_port is not None else [])]
+            self.emit(f"switching the proxy: {', '.join(where)}", spec.name, "proxy")
             try:
                 self.proxy.switch(
                     spec.name,
                     spec.domains,
                     spec.release,
-                    tls=spec.tls,
+                    tls=spec.tls and bool(spec.domains),
                     port=port,
                     static_root=static_root,
                     static_paths=static_paths if port is not None else (),
+                    public_port=public_port,
                     progress=lambda line: self.emit(line, spec.name, "certificate"),
                 )
             except ProxySwitchError as exc:
                 raise DeployError(f"proxy: {exc}") from exc
             self.emit("the proxy serves the new release", spec.name, "proxy")
-        elif old and old.get("domains"):
-            self.emit("no domains any more: removing the proxy configuration", spec.name, "proxy")
+        elif old and (old.get("domains") or (old.get("public_port") and missing is None)):
+            what = "domains" if old.get("domains") else "public port"
+            self.emit(f"no {what} any more: removing the proxy configuration", spec.name, "proxy")
             try:
                 self.proxy.remove(spec.name)
             except ProxySwitchError as exc:
                 raise DeployError(f"proxy: {exc}") from exc
+        return public_port
 
     def _retire(
         self,
@@ -717,7 +754,7 @@ class Reconciler:
         state = app.state() or {}
         self.emit("not in the desired state any more: removing it", name, "remove")
         try:
-            if state.get("domains"):
+            if state.get("domains") or state.get("public_port"):
                 self.proxy.remove(name)
             runtime = self.runtimes.get(str(state.get("runtime")))
             if runtime is not None:

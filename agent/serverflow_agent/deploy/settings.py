@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from serverflow_agent.config import AgentConfig, ConfigError
+from serverflow_contract.desired import check_address
 
 # Debian/Ubuntu's nginx includes conf.d/*.conf; install.sh adds conf.d/serverflow.conf,
 # which includes this directory.
@@ -49,6 +50,9 @@ class DeploySettings:
     port_range: tuple[int, int] = (4000, 4999)
     drain_seconds: float = 2.0
     python: str = "python3"  # makes the virtualenvs of Python apps
+    # Where this server's apps are reached (their URLs without a domain); None: this host's
+    # address on the route to the control plane (serverflow_agent.deploy.address).
+    public_address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -95,6 +99,8 @@ class DeploySettings:
             if unknown:
                 raise ConfigError(f"unknown keys in deploy settings: {', '.join(sorted(unknown))}")
             values = _typed(cls, {**base, **raw})
+            if values.get("public_address") is not None:
+                values["public_address"] = check_address(values["public_address"])
             return cls(nginx=nginx, acme=acme, **values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid deploy settings: {exc}") from exc

@@ -4,13 +4,15 @@ The reconciler's entry point::
 
     proxy = Proxy(settings)  # DeploySettings: uses settings.nginx and settings.acme
     proxy.switch("shop", Route(["shop.example.com"], upstream_port=4107), "r3-1a2b3c4", tls=True)
+    proxy.switch("api", Route([], upstream_port=4108, public_port=8101), "r1-5d6e7f8")
     proxy.remove("shop")
     proxy.renew_certificates()  # periodically; reloads nginx if anything was renewed
 
 `renew` is the handler of the agent's `proxy.renew_certificates` action, which the agent
 runs on a timer (serverflow_agent.renewal).
 
-`switch` returns once nginx answers every domain with `X-ServerFlow-Release: <release>`, or
+`switch` returns once nginx answers every domain (and the public port, if the route has
+one) with `X-ServerFlow-Release: <release>`, or
 raises `ProxyError` (`CertificateError` when ACME failed) with the previous configuration
 still in place and serving. It blocks (subprocesses, polling): call it from asyncio with
 `asyncio.to_thread`. Changes are serialised by a lock file, across threads and processes.
@@ -61,7 +63,7 @@ class Proxy:
         route = checked(route)
         check_app(app)
         check_release(release)
-        if not tls:
+        if not tls or not route.domains:  # a public port alone is plain HTTP
             self.nginx.apply(Site(app, route, release), self.wait_timeout)
             return
         # Refuse a bad route before asking the CA for anything.

@@ -1,10 +1,13 @@
 """nginx configuration per app: render, apply safely, and wait until nginx serves it.
 
 One file `<conf_dir>/<app>.conf` per app, plus `<conf_dir>/00-serverflow.conf` for what must
-exist once at http level. A change is a small transaction: files are written atomically
-(staged in a sibling directory nginx does not include, then renamed), the whole
-configuration is validated with `nginx -t`, nginx is reloaded, and the change only counts
-once nginx answers with the new release's `X-ServerFlow-Release` header, because
+exist once at http level. An app's file has a server block per scheme for its domains, and
+one listening on its public port (any Host), if it has one.
+
+A change is a small transaction: files are written atomically (staged in a sibling
+directory nginx does not include, then renamed), the whole configuration is validated
+with `nginx -t`, nginx is reloaded, and the change only counts once nginx answers with
+the new release's `X-ServerFlow-Release` header, because
 `nginx -s reload` exits 0 even when the master cannot apply the configuration. Any failure
 puts the previous files back, so the other apps (and this one) keep being served.
 """
@@ -54,6 +57,7 @@ RELOAD_HINT = (
     "looks like this: see nginx's error log"
 )
 MAX_REASON = 1200
+PORT_HOST = "localhost"  # the Host of probes on a public port (its server block takes any)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class SiteInfo:
     domains: list[str]
     path: str
     tls: bool
+    public_port: int | None = None
 
 
 def render(site: Site, settings: NginxSettings, webroot: Path) -> str:
@@ -90,7 +95,7 @@ def render(site: Site, settings: NginxSettings, webroot: Path) -> str:
     release = check_release(site.release)
     route = checked(site.route)
     webroot_text = check_fs_path(webroot, "ACME webroot")
-    meta = {
+    meta: dict[str, Any] = {
         "app": app,
         "kind": "site",
         "release": release,
@@ -98,13 +103,20 @@ def render(site: Site, settings: NginxSettings, webroot: Path) -> str:
         "path": route.path,
         "tls": site.tls is not None,
     }
+    if route.public_port is not None:
+        meta["public_port"] = route.public_port
     names = " ".join(route.domains)
     header = f'add_header {RELEASE_HEADER} "{release}" always;'
     out = [META_PREFIX + json.dumps(meta, sort_keys=True), "# Written by the ServerFlow agent."]
     app_locations = _app_locations(route)
-    if site.tls is None:
+    if route.public_port is not None:
+        # Its own port: whatever the Host, no certificate (an IP address gets none). The
+        # app is told the port it was reached on, for the URLs it makes.
+        at_port = _app_locations(route, host="$host:$server_port")
+        out += _server(f"listen {route.public_port};", "_", header, None, at_port)
+    if route.domains and site.tls is None:
         out += _server(f"listen {settings.http_port};", names, header, webroot_text, app_locations)
-    else:
+    elif route.domains and site.tls is not None:
         cert = check_fs_path(site.tls.cert, "certificate path")
         key = check_fs_path(site.tls.key, "certificate key path")
         port = "" if settings.https_port == 443 else f":{settings.https_port}"
@@ -135,36 +147,41 @@ def render_challenge(app: str, domains: list[str], settings: NginxSettings, webr
     return "\n".join(out) + "\n"
 
 
-def _server(listen: str, names: str, header: str, webroot: str, locations: list[str]) -> list[str]:
-    body = [
-        listen,
-        f"server_name {names};",
-        *([header] if header else []),
-        "",
-        # Always plain HTTP and never proxied: certificate issuance and renewal need it.
+def _server(
+    listen: str, names: str, header: str, webroot: str | None, locations: list[str]
+) -> list[str]:
+    # Always plain HTTP and never proxied: certificate issuance and renewal need it.
+    acme = [
         "location ^~ /.well-known/acme-challenge/ {",
         f"    root {webroot};",
         "    default_type text/plain;",
         "    try_files $uri =404;",
         "}",
+    ]
+    body = [
+        listen,
+        f"server_name {names};",
+        *([header] if header else []),
+        "",
+        *(acme if webroot is not None else []),
         *locations,
     ]
     return ["", "server {", *(f"    {line}" if line else "" for line in body), "}"]
 
 
-def _app_locations(route: Route) -> list[str]:
+def _app_locations(route: Route, host: str = "$host") -> list[str]:
     prefix = route.path
     if route.upstream_port is not None:
         proxy = [
             f"    proxy_pass http://127.0.0.1:{route.upstream_port};",
             "    proxy_http_version 1.1;",
-            "    proxy_set_header Host $host;",
+            f"    proxy_set_header Host {host};",
             "    proxy_set_header Upgrade $http_upgrade;",
             f"    proxy_set_header Connection {UPGRADE_VARIABLE};",
             "    proxy_set_header X-Real-IP $remote_addr;",
             "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
             "    proxy_set_header X-Forwarded-Proto $scheme;",
-            "    proxy_set_header X-Forwarded-Host $host;",
+            f"    proxy_set_header X-Forwarded-Host {host};",
             f"    proxy_hide_header {RELEASE_HEADER};",
             "    proxy_read_timeout 3600s;",
             "    proxy_send_timeout 3600s;",
@@ -247,6 +264,8 @@ class Nginx:
                 )
         with self._locked():
             self._refuse_taken(site.app, route.domains)
+            if route.public_port is not None:
+                self._refuse_port_taken(site.app, route.public_port)
             changes: dict[Path, str | None] = {
                 self.conf_dir / f"{SHARED_NAME}.conf": SHARED_CONF,
                 self.path(site.app): text,
@@ -256,6 +275,8 @@ class Nginx:
             def settle() -> None:
                 for domain in route.domains:
                     self.wait_serving(site.app, domain, site.release, timeout)
+                if route.public_port is not None:
+                    self.wait_serving_port(site.app, route.public_port, site.release, timeout)
 
             self._commit(site.app, changes, route.domains, settle)
 
@@ -349,6 +370,24 @@ class Nginx:
                 f"{self._url(domain, path, tls)} within {timeout:g}s (last: {last}); {RELOAD_HINT}"
             )
 
+    def wait_serving_port(self, app: str, port: int, release: str, timeout: float) -> None:
+        """Poll nginx until its `port` answers with `release`'s header, or raise ProxyError."""
+        info = self.sites().get(app)
+        path = info.path if info else "/"
+        last = self.wait_until(
+            PORT_HOST,
+            path,
+            False,
+            lambda answer: answer is not None and answer.release == release,
+            timeout,
+            port=port,
+        )
+        if last is not None:
+            raise ProxyError(
+                f"nginx did not serve release {release} of app {app} on its port {port} "
+                f"within {timeout:g}s (last: {last}); {RELOAD_HINT}"
+            )
+
     def wait_until(
         self,
         domain: str,
@@ -357,9 +396,12 @@ class Nginx:
         done: Callable[[Answer | None], bool],
         timeout: float,
         method: str = "HEAD",
+        port: int | None = None,
     ) -> str | None:
-        """Probe `domain` until `done(answer)` holds steadily: None, or the last answer seen."""
-        port = self.settings.https_port if tls else self.settings.http_port
+        """Probe `domain` (on `port`, else the HTTP or HTTPS one) until `done(answer)` holds
+        steadily: None, or the last answer seen."""
+        if port is None:
+            port = self.settings.https_port if tls else self.settings.http_port
         deadline = time.monotonic() + timeout
         last = "no answer"
         # Right after a reload the old workers still accept connections for a moment:
@@ -384,6 +426,20 @@ class Nginx:
             time.sleep(0.05)
 
     def _wait_gone(self, info: SiteInfo, timeout: float) -> None:
+        if info.public_port is not None:
+            last = self.wait_until(
+                PORT_HOST,
+                info.path,
+                False,
+                lambda answer: answer is None or answer.release != info.release,
+                timeout,
+                port=info.public_port,
+            )
+            if last is not None:
+                raise ProxyError(
+                    f"nginx still serves release {info.release} of the removed app {info.app} "
+                    f"on port {info.public_port} after {timeout:g}s; " + RELOAD_HINT
+                )
         for domain in info.domains:
             last = self.wait_until(
                 domain,
@@ -526,6 +582,31 @@ class Nginx:
                         "remove it there first"
                     )
 
+    def _refuse_port_taken(self, app: str, port: int) -> None:
+        if port in (self.settings.http_port, self.settings.https_port):
+            raise ProxyError(
+                f"port {port} is nginx's HTTP or HTTPS port: it cannot be the public port "
+                f"of app {app} too"
+            )
+        mine = False
+        for info in self._infos():
+            if info.public_port != port:
+                continue
+            if info.app != app:
+                raise ProxyError(
+                    f"port {port} is already the public port of app {info.app}; "
+                    "remove it there first"
+                )
+            mine = True
+        from serverflow_agent.deploy.ports import in_use
+
+        if not mine and in_use(port):
+            raise ProxyError(
+                f"port {port}, the public port of app {app}, is in use on this server by "
+                "another program: nginx could not listen on it (stop that program, or keep "
+                "the control plane's app port range free on the servers)"
+            )
+
     def _infos(self) -> Iterator[SiteInfo]:
         if not self.conf_dir.is_dir():
             return
@@ -604,6 +685,11 @@ def _read_info(path: Path) -> SiteInfo | None:
             domains=[str(d) for d in meta["domains"]],
             path=str(meta.get("path", "/")),
             tls=bool(meta.get("tls", False)),
+            public_port=_int_or_none(meta.get("public_port")),
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -22,11 +22,14 @@ SHARED_NAME = naming.PROXY_SHARED_NAME  # the shared file's stem; never an app n
 
 @dataclass(frozen=True)
 class Route:
-    """Where an app is reached: its domains, an optional path prefix, and what serves it.
+    """Where an app is reached: its domains and/or its public port, an optional path prefix,
+    and what serves it.
 
     Exactly one of `upstream_port` (a process on 127.0.0.1) or `static_root` (a directory
     nginx serves itself) is set. `static_paths` are URL prefixes nginx serves from a
-    directory in front of the upstream (a Django app's STATIC_URL, say).
+    directory in front of the upstream (a Django app's STATIC_URL, say). `public_port` is a
+    port nginx listens on for this app alone, whatever the Host (plain HTTP): the stable
+    address of an app without a domain.
     """
 
     domains: list[str]
@@ -34,6 +37,7 @@ class Route:
     static_root: str | None = None
     path: str = "/"
     static_paths: tuple[tuple[str, str], ...] = ()
+    public_port: int | None = None
 
 
 check_release = naming.failing_as(ProxyError, naming.check_release_id)
@@ -64,9 +68,9 @@ def check_path(path: str) -> str:
     return "/" + "".join(f"{s}/" for s in segments)
 
 
-def check_port(port: int) -> int:
+def check_port(port: int, what: str = "upstream port") -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ProxyError(f"invalid upstream port {port!r}: it must be an integer 1-65535")
+        raise ProxyError(f"invalid {what} {port!r}: it must be an integer 1-65535")
     return port
 
 
@@ -87,8 +91,13 @@ def checked(route: Route) -> Route:
         raise ProxyError(f"expected a Route, got {type(route).__name__}")
     if (route.upstream_port is None) == (route.static_root is None):
         raise ProxyError("a route needs exactly one of upstream_port or static_root")
+    public_port = None if route.public_port is None else check_port(route.public_port, "port")
+    if public_port is None or route.domains:
+        domains = check_domains(route.domains)
+    else:
+        domains = []  # reached at its public port only
     return Route(
-        domains=check_domains(route.domains),
+        domains=domains,
         upstream_port=None if route.upstream_port is None else check_port(route.upstream_port),
         static_root=(
             None if route.static_root is None else check_fs_path(route.static_root, "static root")
@@ -98,4 +107,5 @@ def checked(route: Route) -> Route:
             (check_path(prefix), check_fs_path(directory, "static files directory"))
             for prefix, directory in route.static_paths
         ),
+        public_port=public_port,
     )

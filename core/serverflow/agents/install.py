@@ -13,7 +13,9 @@ def ws_url(base_url: str) -> str:
 
 
 def install_command(base_url: str, token: str) -> str:
-    return f"curl -fsSL {base_url}/install.sh | sudo bash -s -- --token {token}"
+    """The line to paste on the server: as root, or as a user with sudo (the script then
+    runs itself again through sudo), so no `sudo` in front that a root shell may lack."""
+    return f"curl -fsSL {base_url}/install.sh | bash -s -- --token {token}"
 
 
 def new_install_token(org_id: uuid.UUID) -> tuple[str, str]:

@@ -39,6 +39,7 @@ from serverflow.apps import (
 )
 from serverflow.auth import actor, principal, requires
 from serverflow.controlplane import current
+from serverflow.deploys.addresses import app_url
 from serverflow.deploys.service import decrypt_env, encrypt_env, is_final
 from serverflow.deploys.webhooks import (
     WebhookError,
@@ -92,7 +93,15 @@ class AppOut(Output):
     formation: dict[str, int] = Field(
         description="Processes per Procfile type other than web; a type not named runs 1."
     )
-    servers: list[dict[str, Any]]
+    url: str | None = Field(
+        description="Where the app is reached: its first domain (https with TLS), else "
+        "http://<server address>:<public port> on its first server; null until a release "
+        "of an app without a domain is live (or the server's address is unknown)."
+    )
+    servers: list[dict[str, Any]] = Field(
+        description="Each server it is placed on: id, name, live_deployment_id, public_port "
+        "(its stable port there, for an app without a domain) and url (the app's URL there)."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -255,6 +264,8 @@ async def _out(app: App) -> AppOut:
     cp = current()
     placements = await AppServer.filter(app_id=app.id)
     servers = {s.id: s for s in await Server.filter(id__in=[p.server_id for p in placements])}
+    placements = sorted(placements, key=lambda p: servers[p.server_id].name)
+    urls = [app_url(app, p, servers[p.server_id]) for p in placements]
     env = decrypt_env(cp.keys.cipher, app.env_encrypted)
     return AppOut(
         id=app.id,
@@ -273,13 +284,16 @@ async def _out(app: App) -> AppOut:
         runtime=app.runtime,
         keep_releases=app.keep_releases,
         formation=dict(app.formation or {}),
+        url=next((u for u in urls if u), None),
         servers=[
             {
                 "id": str(p.server_id),
                 "name": servers[p.server_id].name,
                 "live_deployment_id": str(p.live_deployment_id) if p.live_deployment_id else None,
+                "public_port": p.public_port,
+                "url": url,
             }
-            for p in placements
+            for p, url in zip(placements, urls, strict=True)
         ],
         created_at=app.created_at,
         updated_at=app.updated_at,

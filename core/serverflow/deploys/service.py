@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from serverflow.agents.hub import AgentHub
+from serverflow.deploys import addresses
 from serverflow.deploys.desired import (
     APPLY_ACTION,
     RESOLVE_ACTION,
@@ -41,6 +42,8 @@ from serverflow.models import (
     ServerState,
 )
 from serverflow.tenancy import scoped
+from serverflow_contract.desired import check_address
+from serverflow_contract.naming import InvalidName
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ class Deployer:
             if command.status == CommandStatus.OK:
                 async with scoped(org_id):
                     await ServerState.filter(server_id=server.id).update(applied_hash=doc["hash"])
+                await self._note_address(org_id, server, command.output)
             else:
                 log.warning(
                     "resync of %s failed: %s %s", server.name, command.code, command.message
@@ -374,6 +378,7 @@ class Deployer:
         )
         release = dep.release or release_id(dep.number, commit)
         spec = {**(dep.spec or self._spec(app)), "commit": commit, "release": release}
+        spec = await self._addressed(org_id, dep, server, spec)
         await self._set(org_id, dep, commit_sha=commit, release=release, spec=spec)
 
         doc = await self._document(org_id, server, dep, spec)
@@ -405,12 +410,49 @@ class Deployer:
             raise DeployFailed(f"{command.code or command.status}: {command.message or ''}")
         async with scoped(org_id):
             await ServerState.filter(server_id=server.id).update(applied_hash=doc["hash"])
+        await self._note_address(org_id, server, command.output)
         outcome = (command.output or {}).get("apps", {}).get(app.name, {})
         for line in outcome.get("log_tail") or []:
             self.line(org_id, dep.id, str(line), stage="log")
         if outcome.get("status") in ("live", "unchanged"):
+            served = spec.get("public_port") is not None and (
+                outcome.get("public_port") == spec["public_port"]
+            )
+            async with scoped(org_id):
+                await AppServer.filter(app_id=app.id, server_id=server.id).update(
+                    public_port_served=served
+                )
             return DeploymentStatus.LIVE, None
         return DeploymentStatus.FAILED, str(outcome.get("reason") or "the agent reported failure")
+
+    async def _addressed(
+        self, org_id: uuid.UUID, dep: Deployment, server: Server, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The spec with the app's public port on `server` when it has no domain: the port
+        its first such deploy there was given, whatever release this one runs."""
+        spec = {k: v for k, v in spec.items() if k != "public_port"}
+        if spec.get("domains"):
+            return spec
+        try:
+            async with scoped(org_id):
+                placement = await AppServer.get(app_id=dep.app_id, server_id=server.id)
+                port = await addresses.public_port(placement, self.hub.settings.app_ports)
+        except addresses.NoPublicPort as exc:
+            raise DeployFailed(str(exc)) from None
+        return {**spec, "public_port": port}
+
+    async def _note_address(self, org_id: uuid.UUID, server: Server, output: Any) -> None:
+        """Keep the address the agent says its server is reached at (the URLs' host)."""
+        reported = output.get("address") if isinstance(output, dict) else None
+        try:
+            address = check_address(reported) if reported else None
+        except InvalidName:
+            log.warning("%s reported an invalid address %r", server.name, str(reported)[:80])
+            return
+        if address and address != server.address:
+            async with scoped(org_id):
+                await Server.filter(id=server.id).update(address=address)
+            server.address = address
 
     async def _resolve(self, org_id: uuid.UUID, dep: Deployment, app: App, server: Server) -> str:
         """The commit to deploy: the head of the deployment's branch, or of the repository's

@@ -9,6 +9,7 @@ from quart_schema import hide
 
 from serverflow.api.apps import get_app
 from serverflow.controlplane import current
+from serverflow.deploys.addresses import app_url
 from serverflow.deploys.service import decrypt_env
 from serverflow.deploys.webhooks import hook_urls
 from serverflow.models import AppServer, Deployment, DeploymentStatus, Role, Server
@@ -35,6 +36,11 @@ async def app_detail(viewer: Viewer, app_id: str) -> str:
     cp = current()
     placements = await AppServer.filter(app_id=app.id)
     servers = {s.id: s for s in await Server.filter(id__in=[p.server_id for p in placements])}
+    urls: dict[str, list[str]] = {}  # the app's URLs, each with the servers it is on
+    for placement in sorted(placements, key=lambda p: servers[p.server_id].name):
+        url = app_url(app, placement, servers[placement.server_id])
+        if url is not None:
+            urls.setdefault(url, []).append(servers[placement.server_id].name)
     deployments = await Deployment.filter(app_id=app.id).order_by("-created_at").limit(50)
     active = next(
         (d for d in deployments if d.status in (DeploymentStatus.RUNNING, DeploymentStatus.QUEUED)),
@@ -59,6 +65,7 @@ async def app_detail(viewer: Viewer, app_id: str) -> str:
         edit=edit,
         runtimes=sorted(cp.plugins.runtimes, key=lambda r: r.name),
         placements=placements,
+        urls=urls,
         servers=servers,
         server_names={str(k): s.name for k, s in servers.items()},
         deployments=deployments,
