@@ -165,3 +165,28 @@ def test_set_password(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "USR002" in missing.stderr
     with ControlPlaneProcess(data) as cp:
         _login(cp.url, "ops@acme.test", "brand new passphrase")
+
+
+def test_print_flags_give_the_bare_value_for_scripts(tmp_path: Path) -> None:
+    """`tokens create --print-token` and `servers add --print-command` print one line each,
+    usable as `$(...)` (the README's quick start does), and the install line runs as root
+    without sudo."""
+    data = tmp_path / "data"
+    env = cli_env(data)
+    run_cli("migrate", env=env)
+    run_cli("users", "create", "ops@acme.test", "--new-org", "Acme", "--role", "owner", env=env)
+    token = run_cli(
+        "tokens", "create", "--org", "acme", "--name", "ci", "--role", "admin", "--print-token",
+        env=env,
+    ).stdout  # fmt: skip
+    assert re.fullmatch(r"sf_\S+\n", token), token
+    with ControlPlaneProcess(data) as cp:
+        remote = {**env, "SERVERFLOW_URL": cp.url, "SERVERFLOW_TOKEN": token.strip()}
+        line = run_cli("servers", "add", "web-1", "--print-command", env=remote).stdout
+        assert re.fullmatch(
+            rf"curl -fsSL {re.escape(cp.url)}/install\.sh \| bash -s -- --token sfi_\S+\n", line
+        ), line
+        listed = httpx.get(
+            cp.url + "/api/v1/servers", headers={"Authorization": f"Bearer {token.strip()}"}
+        ).json()
+        assert [s["name"] for s in listed["servers"]] == ["web-1"]

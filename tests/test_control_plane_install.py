@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from serverflow_testkit import wait_for
 from serverflow_testkit.pebble import PebbleServer, start_pebble
 from serverflow_testkit.rootfs import CACHE, Sandbox, debian_rootfs
 
@@ -164,7 +165,19 @@ def test_install_then_upgrade_keeps_data(server: tuple[Sandbox, PebbleServer]) -
     assert made.returncode == 0, made.stderr
     token = json.loads(made.stdout)["token"]
     auth = ("-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json")
-    https(sandbox, pebble, "/api/v1/servers", *auth, "-d", '{"name": "web-1"}')
+    created = https(sandbox, pebble, "/api/v1/servers", *auth, "-d", '{"name": "web-1"}')
+    install_token = json.loads(created)["install"]["token"]
+
+    # A server's agent (here: on the same machine) installs from the control plane's
+    # URL and connects over WSS through nginx; the CA is pebble's, so it is named.
+    shutil.copy(pebble.root(), sandbox.root / "root" / "pebble-root.pem")
+    agent = sandbox.chroot(
+        f"curl -fsSL --cacert /root/pebble-root.pem https://{DOMAIN}/install.sh | bash -s --"
+        f" --token {install_token} --ca-file /root/pebble-root.pem"
+        " --pip-args '--no-index --find-links /wheels'"
+    )
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    wait_for(lambda: _status(sandbox, pebble, auth) == "online", 60, "the agent online")
 
     # The upgrade: a newer release of the same checkout.
     newer = f"{version}.post1"
@@ -180,6 +193,8 @@ def test_install_then_upgrade_keeps_data(server: tuple[Sandbox, PebbleServer]) -
     assert json.loads(https(sandbox, pebble, "/healthz"))["version"] == newer
     servers = json.loads(https(sandbox, pebble, "/api/v1/servers", *auth))
     assert [s["name"] for s in servers["servers"]] == ["web-1"]
+    # The agent comes back to the upgraded control plane by itself.
+    wait_for(lambda: _status(sandbox, pebble, auth) == "online", 60, "the agent back online")
     # Exactly one control plane runs: the new one.
     running = sandbox.chroot("pgrep -u serverflow -f 'serverflow up' | wc -l")
     assert running.stdout.strip() == "1", running.stdout + running.stderr
@@ -212,6 +227,11 @@ def test_install_with_local_postgresql_and_plain_http(
     assert config == (sandbox.root / "etc/serverflow/serverflow.toml").read_text()
     dumps = list((sandbox.root / "var/lib/serverflow/backups").glob("*.dump"))
     assert len(dumps) == 1 and dumps[0].stat().st_size > 0
+
+
+def _status(sandbox: Sandbox, pebble: PebbleServer, auth: tuple[str, ...]) -> str:
+    servers = json.loads(https(sandbox, pebble, "/api/v1/servers", *auth))["servers"]
+    return str(servers[0]["status"])
 
 
 def _version() -> str:

@@ -43,6 +43,16 @@ def test_both_dialects_have_the_same_history() -> None:
     assert len(names("sqlite")) >= 2
 
 
+async def migrate_before(db_url: str, tmp_path: Path, number: int) -> None:
+    """The database as the releases before migration `number` left it."""
+    old = tmp_path / "old" / "models"
+    old.mkdir(parents=True)
+    for path in (db.migrations_location(db_url) / "models").glob("*_*.py"):
+        if int(path.name.split("_", 1)[0]) < number:
+            shutil.copy(path, old / path.name)
+    await db.migrate(db_url, location=old.parent)
+
+
 @BOTH_DATABASES
 async def test_upgrading_an_old_database_keeps_its_data(db_url: str, tmp_path: Path) -> None:
     location = db.migrations_location(db_url)
@@ -120,13 +130,7 @@ async def test_apps_keep_their_branch_and_rows_when_branches_become_optional(
     the columns): nothing that references an app is lost, and each app keeps its branch."""
     from serverflow.models import App, AppServer, Deployment
 
-    location = db.migrations_location(db_url)
-    old = tmp_path / "old" / "models"
-    old.mkdir(parents=True)
-    for path in (location / "models").glob("*_*.py"):
-        if int(path.name.split("_", 1)[0]) < 8:
-            shutil.copy(path, old / path.name)
-    await db.migrate(db_url, location=old.parent)
+    await migrate_before(db_url, tmp_path, 8)
     app_id, server_id, dep_ids = uuid.uuid4(), uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
     await db.init_orm(db_url)
     try:
@@ -188,13 +192,7 @@ async def test_placements_get_their_public_port_at_their_next_deploy(
     from serverflow.deploys.addresses import public_port
     from serverflow.models import AppServer
 
-    location = db.migrations_location(db_url)
-    old = tmp_path / "old" / "models"
-    old.mkdir(parents=True)
-    for path in (location / "models").glob("*_*.py"):
-        if int(path.name.split("_", 1)[0]) < 9:
-            shutil.copy(path, old / path.name)
-    await db.migrate(db_url, location=old.parent)
+    await migrate_before(db_url, tmp_path, 9)
     server_id, placements = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
     await db.init_orm(db_url)
     try:

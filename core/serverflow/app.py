@@ -42,7 +42,9 @@ def tls_pin(settings: Settings) -> str | None:
 
 async def _forward_events_to_plugins(cp: ControlPlane) -> None:
     """Hand every lifecycle event to plugins' `on_event`; a failing plugin is disabled."""
-    async with cp.bus.subscribe() as queue:
+    # Only this instance's own events: each instance hands its events to its plugins,
+    # so that with several instances a plugin still sees every event once.
+    async with cp.bus.subscribe(local_only=True) as queue:
         while True:
             event = await queue.get()
             await cp.plugins.host.acall("on_event", event=event)
@@ -117,10 +119,14 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     async def _start() -> None:
         await db.init_orm(settings.database)
         try:
+            # Before the hub: its first events already go to the other instances. Redis
+            # need not answer yet (the bus reconnects; /readyz says so meanwhile).
+            await cp.bus.start()
             await cp.hub.start()
             await cp.deployer.start()
             await mcp.start()
         except BaseException:
+            await cp.bus.stop()
             await db.close_orm()  # an open SQLite thread would keep the process alive
             raise
         background.append(asyncio.create_task(_forward_events_to_plugins(cp)))
@@ -128,10 +134,12 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         background.append(asyncio.create_task(plans.sweep_loop()))
         background.append(asyncio.create_task(cp.refusals.run()))
         log.info(
-            "serverflow %s ready on %s (database: %s)",
+            "serverflow %s ready on %s (database: %s, events: %s, instance %s)",
             __version__,
             settings.base_url,
             settings.dialect,
+            cp.bus.description,
+            cp.instance_id,
         )
 
     @app.after_serving
@@ -141,6 +149,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         await mcp.stop()
         await cp.deployer.stop()
         await cp.hub.stop()
+        await cp.bus.stop()  # after the hub: its last events (servers offline) go out
         await cp.refusals.flush()  # the repeats counted in the last minute
         await db.close_orm()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,12 +25,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_instance_id() -> str:
+    """Random per process: tells instances apart in logs, /healthz and on the bus."""
+    return secrets.token_hex(6)
+
+
+def make_bus(settings: Settings, instance_id: str) -> EventBus:
+    """Redis pub/sub when a Redis URL is set (several instances), else in-process."""
+    if not settings.redis_url:
+        return EventBus(origin=instance_id)
+    from serverflow.bus_redis import RedisBus  # redis is imported only when used
+
+    return RedisBus(settings.redis_url, origin=instance_id)
+
+
 @dataclass
 class ControlPlane:
     settings: Settings
     keys: AppKeys
     plugins: Plugins
-    bus: EventBus = field(default_factory=EventBus)
+    instance_id: str = field(default_factory=new_instance_id)
+    bus: EventBus = field(init=False)
     hub: AgentHub = field(init=False)
     deployer: Deployer = field(init=False)
     tls_pin: str | None = None
@@ -42,6 +58,7 @@ class ControlPlane:
     refusals: RefusalLog = field(init=False)
 
     def __post_init__(self) -> None:
+        self.bus = make_bus(self.settings, self.instance_id)
         self.refusals = RefusalLog(window_s=self.settings.audit_refusal_window_s)
         self.api_limit = RateLimiter(self.settings.api_rate_per_minute)
         self.mcp_limit = RateLimiter(self.settings.mcp_rate_per_minute)

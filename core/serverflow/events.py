@@ -1,8 +1,14 @@
-"""Lifecycle events: stored per organisation, handed to plugins, and pushed to listeners."""
+"""Lifecycle events: stored per organisation, handed to plugins, and pushed to listeners.
+
+`EventBus` is the in-process bus of a single instance; with a Redis URL set, the control
+plane uses `bus_redis.RedisBus` instead, which has the same interface.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -26,29 +32,100 @@ class LiveEvent:
     server_id: uuid.UUID | None = None
     data: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The id of the control-plane instance that published it (set by the bus).
+    origin: str = ""
+
+
+def event_to_json(event: LiveEvent) -> bytes:
+    """The event as it crosses between instances (values JSON cannot hold become strings)."""
+    return json.dumps(
+        {
+            "kind": event.kind,
+            "organization_id": str(event.organization_id),
+            "server_id": str(event.server_id) if event.server_id else None,
+            "data": event.data,
+            "at": event.at.isoformat(),
+            "origin": event.origin,
+        },
+        default=str,
+        separators=(",", ":"),
+    ).encode()
+
+
+def event_from_json(raw: bytes | str) -> LiveEvent:
+    """The inverse of `event_to_json`; ValueError for anything else."""
+    try:
+        body = json.loads(raw)
+        server_id = body["server_id"]
+        data = body["data"]
+        if not isinstance(data, dict):
+            raise TypeError("data is not an object")
+        return LiveEvent(
+            kind=str(body["kind"]),
+            organization_id=uuid.UUID(body["organization_id"]),
+            server_id=uuid.UUID(server_id) if server_id else None,
+            data=data,
+            at=datetime.fromisoformat(body["at"]),
+            origin=str(body["origin"]),
+        )
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a serialised event: {exc}") from exc
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    queue: asyncio.Queue[LiveEvent]
+    local_only: bool
 
 
 class EventBus:
     """In-process fan-out of events to subscribers (one queue each, bounded)."""
 
-    def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[LiveEvent]] = set()
+    def __init__(self, origin: str = "") -> None:
+        self.origin = origin
+        self._subscribers: set[_Subscriber] = set()
 
     def publish(self, event: LiveEvent) -> None:
-        for queue in list(self._subscribers):
+        """Hand the event to every subscriber of this instance (never blocks)."""
+        if event.origin != self.origin:
+            event = dataclasses.replace(event, origin=self.origin)
+        self.deliver(event)
+
+    def deliver(self, event: LiveEvent) -> None:
+        remote = event.origin != self.origin
+        for subscriber in list(self._subscribers):
+            if remote and subscriber.local_only:
+                continue
             try:
-                queue.put_nowait(event)
+                subscriber.queue.put_nowait(event)
             except asyncio.QueueFull:
                 log.warning("event subscriber too slow; dropping %s", event.kind)
 
     @asynccontextmanager
-    async def subscribe(self, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[LiveEvent]]:
-        queue: asyncio.Queue[LiveEvent] = asyncio.Queue(maxsize)
-        self._subscribers.add(queue)
+    async def subscribe(
+        self, maxsize: int = 1000, *, local_only: bool = False
+    ) -> AsyncIterator[asyncio.Queue[LiveEvent]]:
+        """A queue of every event; `local_only`: only those published on this instance."""
+        subscriber = _Subscriber(asyncio.Queue(maxsize), local_only)
+        self._subscribers.add(subscriber)
         try:
-            yield queue
+            yield subscriber.queue
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.discard(subscriber)
+
+    @property
+    def description(self) -> str:
+        return "in-process"
+
+    async def start(self) -> None:
+        """Nothing to connect to: the in-process bus works from the start."""
+
+    async def stop(self) -> None:
+        """Nothing to close."""
+
+    async def problem(self) -> str | None:
+        """Why the bus cannot share events now (for /readyz), or None."""
+        return None
 
 
 async def record(

@@ -1,11 +1,14 @@
-"""/healthz (the process is up) and /readyz (the database answers)."""
+"""/healthz (the process is up) and /readyz (the database answers, and Redis when set)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from quart import Blueprint, Response, jsonify
 from quart_schema import hide
 
 from serverflow import __version__, db
+from serverflow.controlplane import current
 
 bp = Blueprint("health", __name__)
 
@@ -13,17 +16,26 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 @hide
 async def healthz() -> Response:
-    return jsonify({"status": "ok", "version": __version__})
+    return jsonify({"status": "ok", "version": __version__, "instance": current().instance_id})
 
 
 @bp.get("/readyz")
 @hide
 async def readyz() -> tuple[Response, int]:
-    if await db.ping():
-        return jsonify({"status": "ready", "database": "ok"}), 200
-    body = {
-        "status": "unavailable",
-        "database": "unreachable",
-        "error": {"code": "DB001", "message": "The database is unreachable."},
-    }
+    cp = current()
+    database_ok = await db.ping()
+    body: dict[str, Any] = {"status": "ready", "database": "ok" if database_ok else "unreachable"}
+    redis_problem = None
+    if cp.settings.redis_url:
+        # Without Redis this instance's events reach only its own pages: not ready, so
+        # that a load balancer sends users to an instance that sees everything.
+        redis_problem = await cp.bus.problem()
+        body["redis"] = "ok" if redis_problem is None else "unreachable"
+        if redis_problem is not None:
+            body["redis_error"] = redis_problem
+    if not database_ok:
+        body["error"] = {"code": "DB001", "message": "The database is unreachable."}
+    if database_ok and redis_problem is None:
+        return jsonify(body), 200
+    body["status"] = "unavailable"
     return jsonify(body), 503

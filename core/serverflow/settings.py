@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -129,6 +130,9 @@ class Settings(BaseSettings):
 
     data_dir: Path
     database_url: str = ""
+    # Set: the event bus goes through Redis, so that several instances (sharing one
+    # PostgreSQL database) see each other's events. Unset: one instance, in-process bus.
+    redis_url: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str = ""
@@ -204,6 +208,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_needs_postgres(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise PydanticCustomError(
+                "redis_url",
+                "{url} is not a Redis URL (redis://host:6379/0)",
+                {"url": mask_url(value)},
+            )
+        if not str(info.data.get("database_url", "")).startswith(("postgres", "asyncpg")):
+            raise PydanticCustomError(
+                "redis_needs_postgres",
+                "SERVERFLOW_REDIS_URL is set, so several instances may run: they need a shared "
+                "PostgreSQL database (SERVERFLOW_DATABASE_URL), and SQLite is one file on one "
+                "machine. Set SERVERFLOW_DATABASE_URL=postgres://USER:PASSWORD@HOST/DB, or unset "
+                "SERVERFLOW_REDIS_URL to run a single instance on SQLite.",
+            )
+        return value
+
     @field_validator("app_ports", mode="before")
     @classmethod
     def _port_range(cls, value: Any) -> Any:
@@ -243,6 +268,7 @@ class Settings(BaseSettings):
         """Settings as `config show` prints them: secrets masked."""
         data: dict[str, Any] = self.model_dump(mode="json")
         data["database_url"] = mask_url(self.database)
+        data["redis_url"] = mask_url(self.redis_url)
         data["public_url"] = self.base_url
         data["session_key"] = f"******** (in {self.secrets_dir / 'session.key'})"
         data["encryption_key"] = f"******** (in {self.secrets_dir / 'encryption.key'})"

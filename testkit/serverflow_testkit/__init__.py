@@ -1,6 +1,6 @@
 """Starting the real components ServerFlow tests talk to, for this repo and its plugins.
 
-One module per component (postgres, pm2, nginx, pebble, gitrepo, controlplane,
+One module per component (postgres, redis, pm2, nginx, pebble, gitrepo, controlplane,
 protocol_peer, browser, tls, deploy); the fixtures built on them are in `plugin`, which
 pytest loads through the `pytest11` entry point. A component that cannot be found or
 started skips its tests with the reason, except when SERVERFLOW_REQUIRE_REAL=1 (CI): then

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from serverflow_testkit.nginx import NginxServer
     from serverflow_testkit.pebble import PebbleServer
     from serverflow_testkit.postgres import PostgresServer
+    from serverflow_testkit.redis import RedisServer
     from serverflow_testkit.tls import CertificateAuthority
 
 
@@ -55,6 +56,16 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 
     with app_database(postgres) as url:
         yield url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on a free port (the test may stop and start it again)."""
+    from serverflow_testkit.redis import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -87,14 +87,16 @@ class NginxSwitch:
             raise ProxySwitchError(str(exc)) from exc
 
     def available(self) -> str | None:
-        # The installer makes the directory when nginx is installed (and tests point it at
-        # their own nginx): without it, nginx does not read what the agent would write.
+        # The installer makes the directory where systemd runs and nginx is installed (and
+        # tests point it at their own nginx): without it, nginx does not read what the
+        # agent would write.
         conf_dir = self.settings.nginx.conf_dir
         if conf_dir.is_dir():
             return None
         return (
             f"nginx is not set up on this server (deploy.nginx.conf_dir {conf_dir} does not "
-            "exist; the agent's installer makes it when nginx is installed)"
+            "exist: the agent's installer makes it and includes it from nginx's configuration "
+            "where systemd runs and nginx is installed; elsewhere, do both by hand)"
         )
 
     def remove(self, app: str) -> None:

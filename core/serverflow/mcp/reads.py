@@ -13,6 +13,7 @@ from typing import Any
 from serverflow import runtime_logs
 from serverflow.agents.registry import allowed_actions
 from serverflow.controlplane import ControlPlane
+from serverflow.deploys.addresses import app_url
 from serverflow.deploys.service import decrypt_env
 from serverflow.errors import NotFound
 from serverflow.models import (
@@ -158,6 +159,7 @@ async def _app_summary(cp: ControlPlane, app: App) -> dict[str, Any]:
             {
                 "name": servers[p.server_id].name,
                 "server_status": str(servers[p.server_id].status),
+                "url": app_url(app, p, servers[p.server_id]),  # None until served
                 "live": release_view(live.get(p.live_deployment_id))
                 if p.live_deployment_id
                 else None,
