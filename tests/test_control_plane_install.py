@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,35 +53,43 @@ def _checkout(target: Path, version: str | None = None) -> None:
             pyproject.write_text(re.sub(r'(?m)^version = ".*"', f'version = "{version}"', text))
 
 
-def _wheelhouse() -> Path:
-    """Wheels of every dependency (and of the build backend), built once per set of
-    pyproject files: the sandbox installs from them with --no-index."""
+def _wheelhouse(sandbox: Sandbox, tarball: Path) -> Path:
+    """Wheels of every dependency (and of the build backend) for the sandbox's own Python,
+    built once per root filesystem and set of pyproject files: the sandbox installs from
+    them with --no-index. Built by the sandbox's Python (Debian's 3.11.2), not this one:
+    dependency markers differ between them (redis needs async-timeout before 3.11.3)."""
     projects = sorted([ROOT / "pyproject.toml", ROOT / "agent" / "pyproject.toml"])
     projects += sorted(ROOT.glob("plugins/*/pyproject.toml"))
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in projects)).hexdigest()[:12]
-    house = CACHE / f"wheelhouse-{key}"
+    digest = hashlib.sha256(tarball.name.encode())
+    for project in projects:
+        digest.update(project.read_bytes())
+    house = CACHE / f"wheelhouse-{digest.hexdigest()[:12]}"
     if not house.exists():
+        source = sandbox.root / "root" / "wheel-source"
+        _checkout(source)
+        dists = " ".join(f"./{p.parent.relative_to(ROOT)}" for p in projects)
+        built = sandbox.chroot(
+            "python3 -m venv /tmp/wheel-venv && cd /root/wheel-source && /tmp/wheel-venv/bin/pip"
+            f" wheel -q --disable-pip-version-check -w /root/wheelhouse {dists} hatchling babel",
+            network=True,
+        )
+        assert built.returncode == 0, built.stdout + built.stderr
         partial = house.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        dists = [str(p.parent) for p in projects]
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-             "--wheel-dir", str(partial), *dists, "hatchling", "babel"],
-            check=True,
-            timeout=900,
-        )  # fmt: skip
+        shutil.move(str(sandbox.root / "root" / "wheelhouse"), partial)
         partial.rename(house)
+        shutil.rmtree(source)
     return house
 
 
 @pytest.fixture
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, PebbleServer]]:
     tarball = debian_rootfs(PACKAGES)
-    house = _wheelhouse()
     base = tmp_path_factory.mktemp("install")
     sandbox = Sandbox(tarball, base / "root")
     pebble = None
     try:
+        house = _wheelhouse(sandbox, tarball)
         sandbox.add_host(DOMAIN)
         subprocess.run(["cp", "-al", str(house), str(sandbox.root / "wheels")], check=True)
         pebble = start_pebble(base / "pebble", address=sandbox.gateway)

@@ -142,19 +142,37 @@ class Sandbox:
         )
 
     def chroot(
-        self, script: str, env: dict[str, str] | None = None, timeout: float = 900
+        self,
+        script: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 900,
+        network: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script as root inside the sandbox (own mounts of /proc and /dev)."""
+        """Run a bash script as root inside the sandbox (own mounts of /proc and /dev); with
+        `network`, in the host's network namespace instead (to download what the sandbox
+        itself must not: it has no route out), with the host's resolver."""
+        env = dict(env or {})
+        if network:
+            # The host's resolver and trust store (its egress may sit behind a proxy with
+            # a CA of its own), for this command only.
+            shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "tmp" / "host-ca.pem")
+            for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+                env.setdefault(name, "/tmp/host-ca.pem")
         inner = (
             f"mount -t proc proc {self.root}/proc && mount --rbind /dev {self.root}/dev && "
             f"exec chroot {self.root} /usr/bin/env -i {_env(env)} /bin/bash -euo pipefail -c "
             + _quote(script)
         )
-        return self.host(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
-            capture_output=True,
-            timeout=timeout,
-        )
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner]
+        if not network:
+            return self.host(argv, capture_output=True, timeout=timeout)
+        resolv = self.root / "etc" / "resolv.conf"
+        resolv.write_text(Path("/etc/resolv.conf").read_text())
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        finally:
+            resolv.write_text("")
+            (self.root / "tmp" / "host-ca.pem").unlink()
 
     def pids(self) -> list[int]:
         listed = subprocess.run(
