@@ -25,7 +25,8 @@ The agent protocol has its own codes (FRM, AUT, SIG, CMD...), listed in
 
 Every 429 (`AUTH005`, `RATE001`) carries a `Retry-After` header: whole seconds, at least 1.
 `AUTH005` throttles sign-in per account and source address, so it never keeps anyone out
-who signs in from another address.
+who signs in from another address. A code marked "command" is not an HTTP answer: it is
+the `code` of a command that ended without a result from its agent.
 
 | code | HTTP | meaning |
 |---|---|---|

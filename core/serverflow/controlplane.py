@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from quart import current_app
 
 from serverflow.agents.hub import AgentHub
+from serverflow.agents.routing import make_router
 from serverflow.deploys.service import Deployer
 from serverflow.events import EventBus
 from serverflow.keys import AppKeys
+from serverflow.metrics import Metrics
 from serverflow.plugins import Plugins
 from serverflow.ratelimit import RateLimiter
 from serverflow.refusals import RefusalLog
@@ -56,14 +58,27 @@ class ControlPlane:
     mcp_limit: RateLimiter = field(init=False)
     # Security refusals, into the audit log at a bounded rate.
     refusals: RefusalLog = field(init=False)
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
+        self.metrics = Metrics(self.instance_id)
         self.bus = make_bus(self.settings, self.instance_id)
+        self.bus.on_remote = lambda event: self.metrics.bus_lag.observe(
+            max(0.0, (utc_now() - event.at).total_seconds())
+        )
         self.refusals = RefusalLog(window_s=self.settings.audit_refusal_window_s)
         self.api_limit = RateLimiter(self.settings.api_rate_per_minute)
         self.mcp_limit = RateLimiter(self.settings.mcp_rate_per_minute)
-        self.hub = AgentHub(self.settings, self.keys.cipher, self.bus, refusals=self.refusals)
+        self.hub = AgentHub(
+            self.settings,
+            self.keys.cipher,
+            self.bus,
+            refusals=self.refusals,
+            router=make_router(self.settings.redis_url, self.instance_id),
+            metrics=self.metrics,
+        )
         self.deployer = Deployer(self.hub, self.bus, self.keys.cipher)
+        self.metrics.attach(self)
 
 
 def current() -> ControlPlane:

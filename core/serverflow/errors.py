@@ -149,6 +149,12 @@ CODES: dict[str, tuple[int | str, str]] = {
     "DB001": (503, "The database is unreachable."),
     "DB002": ("CLI", "The database role is a superuser or bypasses row-level security."),
     "AGT001": (409, "The server's agent is not connected."),
+    "AGT002": (
+        "command",
+        "Agent reconnecting: the control-plane instance holding its connection stopped; "
+        "a result the agent reports later is stored with the command.",
+    ),
+    "MET001": (403, "/metrics answers this machine only, or a caller with the metrics token."),
     "ACT001": (404, "The server's agent has no such action."),
     "ACT002": (403, "The server's security mode does not allow this kind of action."),
     "ACT003": (400, "The action's parameters do not match its schema."),

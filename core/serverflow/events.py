@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +84,8 @@ class EventBus:
     def __init__(self, origin: str = "") -> None:
         self.origin = origin
         self._subscribers: set[_Subscriber] = set()
+        # Called with each event that came from another instance (for /metrics' bus lag).
+        self.on_remote: Callable[[LiveEvent], None] | None = None
 
     def publish(self, event: LiveEvent) -> None:
         """Hand the event to every subscriber of this instance (never blocks)."""
@@ -93,6 +95,8 @@ class EventBus:
 
     def deliver(self, event: LiveEvent) -> None:
         remote = event.origin != self.origin
+        if remote and self.on_remote is not None:
+            self.on_remote(event)
         for subscriber in list(self._subscribers):
             if remote and subscriber.local_only:
                 continue

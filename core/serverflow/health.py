@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, jsonify, request
 from quart_schema import hide
 
 from serverflow import __version__, db
 from serverflow.controlplane import current
+from serverflow.errors import PermissionDenied
+from serverflow.metrics import allowed
 
+log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 
@@ -39,3 +43,27 @@ async def readyz() -> tuple[Response, int]:
         return jsonify(body), 200
     body["status"] = "unavailable"
     return jsonify(body), 503
+
+
+@bp.get("/metrics")
+@hide
+async def metrics() -> Response | tuple[Response, int]:
+    """This instance's figures for Prometheus (see serverflow.metrics for who may read)."""
+    cp = current()
+    if not allowed(
+        request.headers.get("Authorization"),
+        "X-Forwarded-For" in request.headers,
+        request.remote_addr or "",
+        cp.settings.metrics_token,
+    ):
+        # JSON, as scrapers and scripts read it (not the dashboard's HTML error page).
+        refused = PermissionDenied(
+            "/metrics answers direct requests from this machine, or with the metrics token "
+            "(SERVERFLOW_METRICS_TOKEN) as a bearer token",
+            code="MET001",
+        )
+        log.warning("/metrics refused to %s: %s", request.remote_addr, refused.code)
+        return jsonify(refused.as_dict()), 403
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(cp.metrics.render(), content_type=CONTENT_TYPE_LATEST)

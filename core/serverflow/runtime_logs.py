@@ -81,7 +81,7 @@ async def ask(
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """One `app.logs` command and its output; AGT001 (offline) or LOG001 (it failed)."""
-    if server.id not in cp.hub.sessions:
+    if not cp.hub.connected(server):
         raise AgentUnavailable(f"the agent of {server.name} is not connected ({server.status})")
     spec = check_action(server, ACTION, params)
     timeout = float(spec["timeout"]) + 15

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed: behind
     # the production install's nginx, 127.0.0.1. Empty: the connection's address counts.
     trusted_proxies: tuple[str, ...] = ()
+    # Set: /metrics answers any caller presenting it as a bearer token. Unset: /metrics
+    # answers only direct requests from this machine (not through the reverse proxy).
+    metrics_token: str = Field(default="", max_length=200)
     config_file: Path | None = None
 
     @classmethod
@@ -269,6 +272,7 @@ class Settings(BaseSettings):
         data: dict[str, Any] = self.model_dump(mode="json")
         data["database_url"] = mask_url(self.database)
         data["redis_url"] = mask_url(self.redis_url)
+        data["metrics_token"] = "********" if self.metrics_token else ""
         data["public_url"] = self.base_url
         data["session_key"] = f"******** (in {self.secrets_dir / 'session.key'})"
         data["encryption_key"] = f"******** (in {self.secrets_dir / 'encryption.key'})"

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 
 from serverflow import audit, signing
 from serverflow.agents.registry import registry_body
+from serverflow.agents.routing import REFRESH_EVERY_S, Router, RouterUnavailable
 from serverflow.errors import AgentUnavailable
 from serverflow.events import EventBus, LiveEvent, record
 from serverflow.keys import Cipher
+from serverflow.metrics import Metrics
 from serverflow.models import (
     Command,
     CommandStatus,
@@ -41,6 +43,11 @@ from serverflow_contract.protocol import Frame, ProtocolError
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+# How long a command routed to an instance that died may still wait for its result (the
+# agent reconnects to another instance and reports it from its outbox) before it ends as
+# "agent reconnecting".
+RECONNECT_GRACE_S = 10.0
+RECONNECTING = "AGT002"
 
 
 class Transport(Protocol):
@@ -127,6 +134,34 @@ def _result_fields(reply: Reply, now: datetime | None = None) -> dict[str, Any]:
 
 
 @dataclass
+class _Routed:
+    """A command this instance signed for an agent another instance holds."""
+
+    server_id: uuid.UUID
+    public_key: str
+    owner: str
+    dead_since: float | None = None
+
+
+@dataclass
+class _Relay:
+    """A command another instance signed, sent through this one's socket to its agent."""
+
+    reply_to: str
+    session: AgentSession
+
+
+class _Lost(Exception):
+    """A routed command that will get no result through its route."""
+
+    def __init__(self, message: str, delivered: bool, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.delivered = delivered
+        self.code = code
+
+
+@dataclass
 class _Beat:
     org_id: uuid.UUID
     server_id: uuid.UUID
@@ -141,13 +176,20 @@ class AgentHub:
         cipher: Cipher,
         bus: EventBus,
         refusals: RefusalLog | None = None,
+        router: Router | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.cipher = cipher
         self.bus = bus
         self.refusals = refusals or RefusalLog()
+        self.router = router or Router()
+        self.metrics = metrics
+        self.router.attach(self._routed_message)
         self.sessions: dict[uuid.UUID, AgentSession] = {}
         self._waiters: dict[str, asyncio.Future[Reply]] = {}
+        self._routed: dict[str, _Routed] = {}  # command id -> where it went
+        self._relays: dict[str, _Relay] = {}  # command id -> who waits for it
         self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._beats: list[_Beat] = []
         self._persisted: dict[uuid.UUID, float] = {}  # server id -> when its row was updated
@@ -173,9 +215,20 @@ class AgentHub:
     async def start(self) -> None:
         self._key = await signing.current_key(self.cipher)
         log.info("control-plane signing key %s", self._key.key_id)
+        await self.router.start()
         await self._sweep_database(startup=True)
-        for loop in (self._flush_loop, self._presence_loop, self._key_loop, self._prune_loop):
+        loops = [self._flush_loop, self._presence_loop, self._key_loop, self._prune_loop]
+        if self.router.shared:
+            loops.append(self._route_loop)
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+
+    def connected(self, server: Server) -> bool:
+        """Whether `server`'s agent can be sent a command from this instance now: its
+        socket is here, or (several instances) another instance holds it."""
+        if server.id in self.sessions:
+            return True
+        return self.router.shared and server.status == ServerStatus.ONLINE
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -193,6 +246,7 @@ class AgentHub:
                 self._spawn(self._gone(session))
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
+        await self.router.stop()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -269,6 +323,17 @@ class AgentHub:
                 waiter = self._waiters.get(command_id)
                 if waiter is not None and not waiter.done():
                     waiter.cancel()
+                relay = self._relays.pop(command_id, None)
+                if relay is not None:
+                    self.router.tell(
+                        relay.reply_to,
+                        {
+                            "t": "lost",
+                            "id": command_id,
+                            "delivered": True,
+                            "message": "the agent disconnected before reporting a result",
+                        },
+                    )
             self._spawn(self._gone(session))
 
     async def _refuse(self, transport: Transport, exc: ProtocolError, claim: _Claim) -> None:
@@ -368,6 +433,9 @@ class AgentHub:
         self, session: AgentSession, hello: dict[str, Any], auth: dict[str, Any]
     ) -> Server:
         """Store what the handshake taught us; a new registry version; the online event."""
+        # Claimed before the row says online: an instance the agent just left then sees
+        # that another holds it and does not mark it offline.
+        await self.router.claim(session.server_id, session.session_id)
         async with scoped(session.org_id):
             server = await Server.get(id=session.server_id)
             was = server.status
@@ -417,6 +485,9 @@ class AgentHub:
         self.sessions.pop(session.server_id, None)
         if session.online is None or session.online.exception() is not None:
             return  # it never came online
+        if not await self.router.release(session.server_id, session.session_id):
+            log.info("agent %s reconnected to another instance", session.server_id)
+            return  # online there
         async with scoped(session.org_id):
             server = await Server.get_or_none(id=session.server_id)
             if server is None:
@@ -447,9 +518,16 @@ class AgentHub:
             await self._result(session, frame)
         elif frame.type == "event":
             if frame.body["kind"] == "progress":  # lines of a running command's log
-                listener = self._progress.get(str(frame.body["data"].get("command_id")))
+                command_id = str(frame.body["data"].get("command_id"))
+                listener = self._progress.get(command_id)
                 if listener is not None:
                     listener(frame.body["data"])
+                relay = self._relays.get(command_id)
+                if relay is not None and relay.session is session:
+                    self.router.tell(
+                        relay.reply_to,
+                        {"t": "progress", "id": command_id, "data": frame.body["data"]},
+                    )
                 return
             await record(
                 self.bus,
@@ -490,9 +568,22 @@ class AgentHub:
                 details={"command_id": str(command_id)[:64]},
             )
         waiter = self._waiters.get(command_id)
-        if waiter is not None and command_id in session.pending:
+        routed = self._routed.get(command_id)
+        if waiter is not None and (
+            command_id in session.pending
+            # sent through another instance, reported here after a reconnect
+            or (routed is not None and routed.server_id == session.server_id)
+        ):
             if not waiter.done():  # the issuing coroutine stores it, batched with its peers
                 waiter.set_result(Reply(body, frame.sig, time.monotonic()))
+            return
+        relay = self._relays.get(command_id)
+        if relay is not None and relay.session is session:
+            del self._relays[command_id]
+            session.pending.discard(command_id)
+            self.router.tell(
+                relay.reply_to, {"t": "reply", "id": command_id, "body": body, "sig": frame.sig}
+            )
             return
         try:
             uuid.UUID(command_id)
@@ -510,6 +601,10 @@ class AgentHub:
                 server_id=session.server_id,
                 status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT, CommandStatus.UNDELIVERED],
             ).update(**_result_fields(Reply(body, frame.sig, time.monotonic())))
+        if updated and self.router.shared:
+            # Whichever instance still waits for it (it sent the command through an
+            # instance that died, and the agent reported it here after reconnecting).
+            self.router.tell_all({"t": "reply", "id": command_id, "body": body, "sig": frame.sig})
         if not updated:
             log.warning(
                 "agent %s reported a result for unknown command %s", session.server_id, command_id
@@ -576,7 +671,7 @@ class AgentHub:
         on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> Command:
         """Send a signed command and wait for its signed result (or the timeout)."""
-        if server.id not in self.sessions:
+        if not self.connected(server):
             raise AgentUnavailable(f"the agent of {server.name} is not connected")
         outcome = (
             await self.run_many(
@@ -602,11 +697,14 @@ class AgentHub:
         while the command runs.
         """
         key = self.key
-        sent: list[tuple[Command, AgentSession | None, Frame | None]] = []
+        routes, unrouted = await self._routes(servers)
+        sent: list[tuple[Command, AgentSession | None, str | None, Frame | None]] = []
         for server in servers:
             session = self.sessions.get(server.id)
+            owner = routes.get(server.id)
             frame = protocol.new_command(key.key, str(server.id), action, params)
             body = frame.body
+            reachable = session is not None or owner is not None
             command = Command(
                 id=uuid.UUID(body["id"]),
                 organization_id=org_id,
@@ -619,55 +717,75 @@ class AgentHub:
                 expires_at=body["expires_at"],
                 nonce=body["nonce"],
                 signing_key_id=key.key_id,
-                status=CommandStatus.SENT if session else CommandStatus.UNDELIVERED,
-                message=None if session else "the agent is not connected",
+                status=CommandStatus.SENT if reachable else CommandStatus.UNDELIVERED,
+                message=None if reachable else unrouted,
             )
-            sent.append((command, session, frame if session else None))
+            sent.append((command, session, owner, frame if reachable else None))
         async with scoped(org_id):
-            await Command.bulk_create([command for command, _, _ in sent])
+            await Command.bulk_create([command for command, _, _, _ in sent])
 
         loop = asyncio.get_running_loop()
         waiters: dict[str, asyncio.Future[Reply]] = {}
+        by_owner: dict[str, list[list[str]]] = defaultdict(list)
+        publics = {server.id: server.agent_public_key or "" for server in servers}
         started = time.monotonic()
-        for command, session, signed in sent:
-            if session is None or signed is None:
+        for command, session, owner, signed in sent:
+            if signed is None:
                 continue
             command_id = str(command.id)
             if on_progress is not None:
                 self._progress[command_id] = functools.partial(on_progress, command_id)
             future: asyncio.Future[Reply] = loop.create_future()
             self._waiters[command_id] = future
+            waiters[command_id] = future
+            if owner is not None:
+                self._routed[command_id] = _Routed(
+                    command.server_id, publics[command.server_id], owner
+                )
+                by_owner[owner].append([str(command.server_id), command_id, signed.encode()])
+                continue
+            assert session is not None
             session.pending.add(command_id)
             try:
                 session.outbox.put_nowait(signed.encode())
             except asyncio.QueueFull:
                 future.cancel()  # the agent is not keeping up: counted as undelivered
-                continue
-            waiters[command_id] = future
+                del waiters[command_id]
         try:
-            if waiters:
-                await asyncio.wait(waiters.values(), timeout=timeout_s)
+            if by_owner:
+                await asyncio.gather(*(self._send_routed(o, i) for o, i in by_owner.items()))
+            await self._wait(waiters, started + timeout_s)
         finally:
-            for command, session, _ in sent:
+            for command, session, _, _ in sent:
                 self._waiters.pop(str(command.id), None)
                 self._progress.pop(str(command.id), None)
+                self._routed.pop(str(command.id), None)
                 if session is not None:
                     session.pending.discard(str(command.id))
 
         outcomes = []
         now = datetime.now(UTC)
-        for command, session, _ in sent:
+        for command, session, owner, _ in sent:
             answered = waiters.get(str(command.id))
             latency = None
-            if answered is not None and answered.done() and not answered.cancelled():
+            lost = (
+                answered.exception()
+                if answered is not None and answered.done() and not answered.cancelled()
+                else None
+            )
+            if answered is not None and answered.done() and not answered.cancelled() and not lost:
                 reply = answered.result()
                 for name, value in _result_fields(reply, now).items():
                     setattr(command, name, value)
                 latency = (reply.received - started) * 1000
+            elif isinstance(lost, _Lost):
+                command.status = CommandStatus.UNDELIVERED
+                command.code = lost.code
+                command.message = lost.message
             elif session is not None and (session.closed or answered is None):
                 command.status = CommandStatus.UNDELIVERED
                 command.message = "the agent disconnected before reporting a result"
-            elif session is not None:
+            elif session is not None or owner is not None:
                 command.status = CommandStatus.TIMEOUT
                 command.message = f"no result within {timeout_s:.0f} s"
             outcomes.append(Outcome(command, latency))
@@ -683,8 +801,16 @@ class AgentHub:
                 await Command.bulk_update(answered_commands, fields=RESULT_FIELDS, batch_size=200)
             for command in unanswered:  # only if no late result landed meanwhile
                 await Command.filter(id=command.id, status=CommandStatus.SENT).update(
-                    status=command.status, message=command.message, finished_at=now
+                    status=command.status,
+                    code=command.code,
+                    message=command.message,
+                    finished_at=now,
                 )
+        if self.metrics is not None:
+            for outcome in outcomes:
+                self.metrics.commands.labels(str(outcome.command.status)).inc()
+                if outcome.latency_ms is not None:
+                    self.metrics.latency.observe(outcome.latency_ms / 1000)
         names = {server.id: server.name for server in servers}
         await audit.append(
             org_id,
@@ -713,6 +839,170 @@ class AgentHub:
         session = self.sessions.get(server.id)
         if session is not None:
             await session.outbox.put(self._registry_frame(server).encode())
+            return
+        if self.router.shared:
+            routes, _ = await self._routes([server])
+            if server.id in routes:
+                message = {"t": "registry", "org_id": str(server.organization_id)}
+                self.router.tell(routes[server.id], {**message, "server_id": str(server.id)})
+
+    # -- routing between instances -------------------------------------------------
+
+    async def _routes(self, servers: list[Server]) -> tuple[dict[uuid.UUID, str], str]:
+        """The instance holding each agent not connected here, and why the others are
+        unreachable."""
+        elsewhere = [s.id for s in servers if s.id not in self.sessions]
+        if not elsewhere or not self.router.shared:
+            return {}, "the agent is not connected"
+        try:
+            return await self.router.owners(elsewhere), "the agent is not connected"
+        except RouterUnavailable as exc:
+            return {}, (
+                "the agent is not connected to this control-plane instance, and Redis, "
+                f"through which the other instances are reached, is unreachable ({exc})"
+            )
+
+    async def _send_routed(self, owner: str, items: list[list[str]]) -> None:
+        message = {"t": "cmd", "reply_to": self.router.instance_id, "items": items}
+        if await self.router.send(owner, message):
+            return
+        for _, command_id, _ in items:  # nobody listens there: that instance is gone
+            self._lose(
+                command_id,
+                _Lost(
+                    "agent reconnecting: the control-plane instance holding its connection "
+                    "is not answering; the command was not sent, nothing ran",
+                    delivered=False,
+                    code=RECONNECTING,
+                ),
+            )
+
+    def _lose(self, command_id: str, why: _Lost) -> None:
+        waiter = self._waiters.get(command_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(why)
+
+    async def _wait(self, waiters: dict[str, asyncio.Future[Reply]], deadline: float) -> None:
+        """Until every command is answered or the deadline; a command routed through an
+        instance that died gets RECONNECT_GRACE_S more for its result to come back by
+        another way, then ends as "agent reconnecting"."""
+        pending = {f for f in waiters.values() if not f.done()}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            routed = [i for i, f in waiters.items() if f in pending and i in self._routed]
+            _, pending = await asyncio.wait(
+                pending, timeout=min(remaining, 1.0) if routed else remaining
+            )
+            if not routed or not pending:
+                continue
+            alive = await self.router.alive(self._routed[i].owner for i in routed)
+            now = time.monotonic()
+            for command_id in routed:
+                route = self._routed[command_id]
+                if route.owner in alive:
+                    route.dead_since = None
+                    continue
+                route.dead_since = route.dead_since or now
+                if now - route.dead_since >= RECONNECT_GRACE_S:
+                    self._lose(
+                        command_id,
+                        _Lost(
+                            "agent reconnecting: the control-plane instance holding its "
+                            "connection stopped before the result came back; the result is "
+                            "stored when the agent reports it",
+                            delivered=True,
+                            code=RECONNECTING,
+                        ),
+                    )
+
+    def _routed_message(self, message: dict[str, Any]) -> None:
+        """What another instance sent this one (called by the router's listener)."""
+        kind = message["t"]
+        if kind == "cmd":
+            for server_id, command_id, frame in message["items"]:
+                self._relay(str(message["reply_to"]), uuid.UUID(server_id), command_id, frame)
+        elif kind == "reply":
+            command_id = str(message["id"])
+            route = self._routed.get(command_id)
+            waiter = self._waiters.get(command_id)
+            if route is None or waiter is None or waiter.done():
+                return  # not ours, or answered already
+            try:
+                protocol.verify(route.public_key, "result", message["body"], message["sig"])
+            except ProtocolError:
+                log.warning("a relayed result for %s does not verify; ignored", command_id)
+                return
+            waiter.set_result(Reply(message["body"], message["sig"], time.monotonic()))
+        elif kind == "progress":
+            listener = self._progress.get(str(message["id"]))
+            if listener is not None and str(message["id"]) in self._routed:
+                listener(message["data"])
+        elif kind == "lost":
+            self._lose(
+                str(message["id"]),
+                _Lost(str(message["message"]), delivered=bool(message["delivered"])),
+            )
+        elif kind == "registry":
+            self._spawn(
+                self._push_registry_of(
+                    uuid.UUID(message["org_id"]), uuid.UUID(message["server_id"])
+                )
+            )
+
+    def _relay(self, reply_to: str, server_id: uuid.UUID, command_id: str, frame: str) -> None:
+        session = self.sessions.get(server_id)
+        if session is None or session.closed:
+            self.router.tell(
+                reply_to,
+                {
+                    "t": "lost",
+                    "id": command_id,
+                    "delivered": False,
+                    "message": "the agent moved to another control-plane instance before "
+                    "the command reached it; nothing ran",
+                },
+            )
+            return
+        try:
+            session.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            message = "the agent is not keeping up; the command was not sent"
+            self.router.tell(
+                reply_to, {"t": "lost", "id": command_id, "delivered": False, "message": message}
+            )
+            return
+        self._relays[command_id] = _Relay(reply_to, session)
+        session.pending.add(command_id)
+        if self.metrics is not None:
+            self.metrics.relayed.inc()
+
+    async def _push_registry_of(self, org_id: uuid.UUID, server_id: uuid.UUID) -> None:
+        async with scoped(org_id):
+            server = await Server.get_or_none(id=server_id)
+        if server is not None and server_id in self.sessions:
+            await self.push_registry(server)
+
+    async def _route_loop(self) -> None:
+        """Say this instance is alive; renew the routes to its agents; close a session
+        whose agent another instance now holds (a newer connection there)."""
+        renewed = 0.0
+        while True:
+            try:
+                await self.router.beat()
+                if time.monotonic() - renewed >= REFRESH_EVERY_S:
+                    renewed = time.monotonic()
+                    held = {sid: s.session_id for sid, s in self.sessions.items() if not s.closed}
+                    for server_id in await self.router.refresh(held):
+                        session = self.sessions.get(server_id)
+                        if session is not None and session.session_id == held[server_id]:
+                            await self._close(
+                                session, protocol.CLOSE_POLICY, "replaced by a newer connection"
+                            )
+            except Exception:
+                log.exception("renewing agent routes failed")
+            await asyncio.sleep(1)
 
     # -- background loops ----------------------------------------------------------
 

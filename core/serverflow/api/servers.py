@@ -98,6 +98,14 @@ class CommandOut(Output):
     message: str | None
     output: Any = None
     signing_key_id: str
+    result_body: dict[str, Any] | None = Field(
+        default=None,
+        description="The result exactly as the agent signed it (canonical JSON of this "
+        "object), to check `result_signature` with the server's agent key.",
+    )
+    result_signature: str | None = Field(
+        default=None, description="The agent's Ed25519 signature of `result_body`."
+    )
     created_at: datetime
     finished_at: datetime | None
 
@@ -347,7 +355,7 @@ async def fan_out(action: str, data: FanOutIn) -> FanOutList:
     hub = current().hub
     async with scoped(caller.org_id):
         if data.servers is None:
-            servers = await Server.filter(id__in=list(hub.sessions))
+            servers = [s for s in await Server.all() if hub.connected(s)]
         else:
             ids = [parse_id(s, "SRV001", "server") for s in data.servers]
             servers = await Server.filter(id__in=ids)
@@ -358,7 +366,7 @@ async def fan_out(action: str, data: FanOutIn) -> FanOutList:
     timeout = 15.0
     kinds = set()
     for server in servers:
-        if server.id not in hub.sessions:
+        if not hub.connected(server):
             targets.append(server)  # recorded as undelivered, like any unreachable target
             continue
         if data.servers is None and not may_run(server, action):

@@ -262,7 +262,7 @@ class Deployer:
                 server = await Server.get(id=placement.server_id)
             async with self._locks[server.id]:
                 doc = await self._document(org_id, server, None, None, drop=app.id)
-                if server.id in self.hub.sessions:
+                if self.hub.connected(server):
                     await self.hub.run(
                         org_id, server, APPLY_ACTION, "change", doc, triggered_by, APPLY_TIMEOUT_S
                     )

@@ -41,7 +41,7 @@ def server_view(cp: ControlPlane, server: Server) -> dict[str, Any]:
         "id": str(server.id),
         "name": server.name,
         "status": str(server.status),
-        "connected": server.id in cp.hub.sessions,
+        "connected": cp.hub.connected(server),
         "last_seen_at": _at(server.last_seen_at),
         "security_mode": str(server.security_mode),
         "hostname": server.hostname,

@@ -100,14 +100,14 @@ class RunAction:
         kind = spec["kind"]
         if kind not in ("change", "destructive"):
             raise InvalidInput(f"{data.action} is a {kind} action: it runs without a plan")
-        warnings = [] if server.id in cp.hub.sessions else [f"{server.name} is not connected"]
+        warnings = [] if cp.hub.connected(server) else [f"{server.name} is not connected"]
         return Proposal(
             kind=kind,
             summary=f"Run {data.action} ({kind}) on {server.name}",
             preview={
                 "action": "run_action",
                 "server": server.name,
-                "connected": server.id in cp.hub.sessions,
+                "connected": cp.hub.connected(server),
                 "registry_entry": {
                     "name": spec["name"],
                     "kind": kind,

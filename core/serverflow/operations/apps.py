@@ -146,7 +146,7 @@ class DeleteApp:
             servers.append(
                 {
                     "server": server.name,
-                    "connected": server.id in cp.hub.sessions,
+                    "connected": cp.hub.connected(server),
                     "live": release_view(live),
                     "desired_state": doc,
                     "commands": [apply_command(server, doc)],

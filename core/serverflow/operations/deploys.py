@@ -62,7 +62,7 @@ class AppArgs(Input):
 def agent_warnings(cp: ControlPlane, server: Server, action: str) -> list[str]:
     """Why `action` could not run on `server` right now (empty: it can)."""
     warnings = []
-    if server.id not in cp.hub.sessions:
+    if not cp.hub.connected(server):
         warnings.append(f"the agent of {server.name} is not connected ({server.status})")
     spec = inventory_entry(server, action)
     if spec is None and server.inventory is not None:
@@ -113,7 +113,7 @@ async def _resolve(
     branch, asked of the first connected agent that can tell."""
     asked = branch or "the default branch"
     for server in servers:
-        if server.id in cp.hub.sessions and inventory_entry(server, RESOLVE_ACTION):
+        if cp.hub.connected(server) and inventory_entry(server, RESOLVE_ACTION):
             try:
                 command = await cp.hub.run(
                     actor.org_id,
@@ -207,7 +207,7 @@ class DeployApp:
             servers.append(
                 {
                     "server": server.name,
-                    "connected": server.id in cp.hub.sessions,
+                    "connected": cp.hub.connected(server),
                     "current": release_view(live),
                     "target": {"branch": branch, "commit": commit, "release": release},
                     "same_commit_as_live": bool(live and commit and live.commit_sha == commit),
@@ -272,7 +272,7 @@ class RollbackApp:
             servers.append(
                 {
                     "server": server.name,
-                    "connected": server.id in cp.hub.sessions,
+                    "connected": cp.hub.connected(server),
                     "current": release_view(live),
                     "target": release_view(target),
                     "desired_state": doc,
