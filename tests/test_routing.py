@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from serverflow.errors import TooManyRequests
+from serverflow.ratelimit import RedisRateLimiter
 from serverflow_agent.identity import load_identity
 from serverflow_contract import protocol
 from serverflow_testkit import free_port
@@ -236,3 +238,33 @@ async def _metrics(instance: Instance) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+# -- state shared between instances --------------------------------------------------------
+
+
+async def test_a_caller_gets_the_rate_limit_once_across_instances(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisRateLimiter(redis_server.url(), "api", per_minute=10)
+    b = RedisRateLimiter(redis_server.url(), "api", per_minute=10)
+    other_deployment = RedisRateLimiter(redis_server.url(4), "api", per_minute=10)
+    try:
+        for limiter in (a, b) * 5:  # ten calls, half on each instance
+            await limiter.check("token:t1")
+        for limiter in (a, b):
+            with pytest.raises(TooManyRequests) as refused:
+                await limiter.check("token:t1")
+            assert refused.value.code == "RATE001" and refused.value.retry_after >= 1
+        await a.check("token:t2")  # another caller has its own bucket
+        await other_deployment.check("token:t1")  # another database, another deployment
+
+        # Redis away: each instance limits on its own meanwhile, and refuses nobody for it.
+        await asyncio.to_thread(redis_server.stop)
+        for _ in range(10):
+            await a.check("token:t3")
+        with pytest.raises(TooManyRequests):
+            await a.check("token:t3")
+    finally:
+        for limiter in (a, b, other_deployment):
+            await limiter.close()

@@ -150,6 +150,8 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         await cp.deployer.stop()
         await cp.hub.stop()
         await cp.bus.stop()  # after the hub: its last events (servers offline) go out
+        for limiter in (cp.api_limit, cp.mcp_limit):
+            await limiter.close()
         await cp.refusals.flush()  # the repeats counted in the last minute
         await db.close_orm()
 

@@ -155,7 +155,7 @@ async def authenticate() -> Principal:
     principal = await (_from_token(header) if header is not None else _from_session())
     g.principal = principal
     key = f"token:{principal.token_id}" if principal.token_id else f"user:{principal.user_id}"
-    current().api_limit.check(key)
+    await current().api_limit.check(key)
     if principal.kind == "session" and request.method in UNSAFE_METHODS:
         check_csrf(request.headers.get(CSRF_HEADER))
     return principal

@@ -16,7 +16,7 @@ from serverflow.events import EventBus
 from serverflow.keys import AppKeys
 from serverflow.metrics import Metrics
 from serverflow.plugins import Plugins
-from serverflow.ratelimit import RateLimiter
+from serverflow.ratelimit import RateLimiter, make_limiter
 from serverflow.refusals import RefusalLog
 from serverflow.settings import Settings
 
@@ -67,8 +67,9 @@ class ControlPlane:
             max(0.0, (utc_now() - event.at).total_seconds())
         )
         self.refusals = RefusalLog(window_s=self.settings.audit_refusal_window_s)
-        self.api_limit = RateLimiter(self.settings.api_rate_per_minute)
-        self.mcp_limit = RateLimiter(self.settings.mcp_rate_per_minute)
+        redis_url = self.settings.redis_url
+        self.api_limit = make_limiter(redis_url, "api", self.settings.api_rate_per_minute)
+        self.mcp_limit = make_limiter(redis_url, "mcp", self.settings.mcp_rate_per_minute)
         self.hub = AgentHub(
             self.settings,
             self.keys.cipher,

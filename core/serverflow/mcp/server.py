@@ -136,7 +136,7 @@ class ServerFlowMCP(MCPServer[Any]):
         if name not in self.tool_names:
             return error_result("MCP001", f"there is no tool {name!r}; list the tools to see them")
         try:
-            self.cp.mcp_limit.check(f"token:{caller().token_id}", "MCP")
+            await self.cp.mcp_limit.check(f"token:{caller().token_id}", "MCP")
             async with self.quart.app_context():
                 return await super().call_tool(name, arguments, context)
         except TooManyRequests as exc:  # the rate limit: a tool result, not an HTTP 429
@@ -171,7 +171,7 @@ class ServerFlowMCP(MCPServer[Any]):
     async def guarded(self, read: Callable[[], Awaitable[T]]) -> T:
         """Run a resource read for the caller: rate limited, app context, resource errors."""
         try:
-            self.cp.mcp_limit.check(f"token:{caller().token_id}", "MCP")
+            await self.cp.mcp_limit.check(f"token:{caller().token_id}", "MCP")
             async with self.quart.app_context():
                 return await read()
         except NotFound as exc:
