@@ -100,11 +100,15 @@ async def _worker_main(specs: list[dict[str, str]], go: Any, stop: Any, report: 
 
 
 async def enroll(dep: Deployment, count: int, prefix: str) -> list[dict[str, str]]:
+    return await enroll_at(dep.url, dep.tokens["owner"], count, prefix)
+
+
+async def enroll_at(url: str, token: str, count: int, prefix: str) -> list[dict[str, str]]:
     """Create servers and register one key each, as `serverflow servers add` + install do."""
     sem = asyncio.Semaphore(32)
-    headers = {"Authorization": f"Bearer {dep.tokens['owner']}"}
+    headers = {"Authorization": f"Bearer {token}"}
 
-    async with httpx.AsyncClient(base_url=dep.url, headers=headers, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
 
         async def one(i: int) -> dict[str, str]:
             async with sem:
