@@ -324,11 +324,16 @@ def main() -> int:
         ("real agent idle RSS", f"{figures['agent_idle_rss_mb']:.1f} MB", "< 40 MB"),
         ("real agent idle CPU", f"{figures['agent_idle_cpu_percent']:.2f} %", "< 1 %"),
     ]
+    print_figures(rows, figures)
+    return 0
+
+
+def print_figures(rows: list[tuple[str, str, str]], figures: dict[str, Any]) -> None:
+    """One line per row (name, value, target), then every figure as one JSON object."""
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>24}   target: {target}")
+        print(f"{name:<{width}}  {value:>28}   {('target: ' + target) if target else ''}")
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
-    return 0
 
 
 if __name__ == "__main__":

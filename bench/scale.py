@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import random
@@ -38,7 +37,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.agents import cpu_seconds, enroll_at, percentile  # noqa: E402
+from bench.agents import cpu_seconds, enroll_at, percentile, print_figures  # noqa: E402
 from bench.simagent import SimAgent  # noqa: E402
 from serverflow_contract import protocol  # noqa: E402
 from serverflow_testkit import free_port  # noqa: E402
@@ -57,12 +56,14 @@ BACKOFF_BASE_S, BACKOFF_CAP_S = 1.0, 60.0  # as serverflow_agent.client
 # -- worker processes: agents that stay connected ----------------------------------------
 
 
-def _worker(specs: list[dict[str, str]], go: Any, stop: Any, report: Any, index: int) -> None:
-    asyncio.run(_worker_main(specs, go, stop, report, index))
+def _worker(
+    specs: list[dict[str, str]], go: Any, stop: Any, report: Any, index: int, mark: Any
+) -> None:
+    asyncio.run(_worker_main(specs, go, stop, report, index, mark))
 
 
 async def _worker_main(
-    specs: list[dict[str, str]], go: Any, stop: Any, report: Any, index: int
+    specs: list[dict[str, str]], go: Any, stop: Any, report: Any, index: int, mark: Any
 ) -> None:
     import nacl.signing
 
@@ -76,7 +77,11 @@ async def _worker_main(
         )
         for s in specs
     ]
-    state = {"connected": 0, "sessions": 0, "errors": 0, "last_error": ""}
+    # ever: agents authorized at least once; since_mark (reported): agents connected now
+    # whose session began after the time the parent marked (the kill).
+    state = {"connected": 0, "sessions": 0, "errors": 0, "last_error": "", "ever": 0}
+    last_auth: dict[int, float] = {}
+    live: set[int] = set()
     while not go.is_set():
         await asyncio.sleep(0.01)
     first = asyncio.Semaphore(200)  # the first connection only: the listen backlog
@@ -90,14 +95,19 @@ async def _worker_main(
                         await agent.handshake()
                 else:
                     await agent.handshake()
+                if gate is not None:
+                    state["ever"] += 1
                 gate = None
                 state["connected"] += 1
                 state["sessions"] += 1
+                last_auth[id(agent)] = time.time()
+                live.add(id(agent))
                 attempt = 0
                 try:
                     await agent.serve()
                 finally:
                     state["connected"] -= 1
+                    live.discard(id(agent))
             except Exception as exc:
                 state["errors"] += 1
                 state["last_error"] = repr(exc)[:200]
@@ -109,11 +119,15 @@ async def _worker_main(
 
     tasks = [asyncio.create_task(keep(a)) for a in agents]
     while not stop.is_set():
-        report.put({"worker": index, "at": time.time(), **state})
+        since = sum(1 for a in live if last_auth[a] > mark.value) if mark.value else 0
+        report.put({"worker": index, "at": time.time(), "since_mark": since, **state})
         await asyncio.sleep(0.25)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+COUNTS = ("connected", "sessions", "errors", "ever", "since_mark")
 
 
 class Fleet:
@@ -128,9 +142,11 @@ class Fleet:
         while not self.report.empty():
             item = self.report.get_nowait()
             self.latest[item["worker"]] = item
-        total: dict[str, Any] = {"connected": 0, "sessions": 0, "errors": 0, "last_error": ""}
+        total: dict[str, Any] = {"last_error": ""}
+        for key in COUNTS:
+            total[key] = 0
         for item in self.latest.values():
-            for key in ("connected", "sessions", "errors"):
+            for key in COUNTS:
                 total[key] += item[key]
             total["last_error"] = item["last_error"] or total["last_error"]
         return total
@@ -151,6 +167,7 @@ class Fleet:
 
 def fan_out(url: str, token: str, ids: list[str], rounds: int) -> dict[str, float]:
     latencies: list[float] = []
+    failed = 0
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=300) as http:
         for _ in range(rounds):
@@ -158,10 +175,11 @@ def fan_out(url: str, token: str, ids: list[str], rounds: int) -> dict[str, floa
             answer.raise_for_status()
             commands = answer.json()["commands"]
             bad = [c for c in commands if c["status"] != "ok"]
-            if bad:
-                raise RuntimeError(f"{len(bad)} of {len(commands)} commands failed: {bad[0]}")
-            latencies += [c["latency_ms"] for c in commands]
-    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+            if bad:  # counted and shown, not hidden in the percentiles
+                failed += len(bad)
+                print(f"  {len(bad)} of {len(commands)} failed, e.g. {bad[0]['message']}")
+            latencies += [c["latency_ms"] for c in commands if c["status"] == "ok"]
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "failed": failed}
 
 
 def round_trips(url: str, token: str, ids: list[str], calls: int) -> dict[str, float]:
@@ -220,7 +238,11 @@ def main() -> int:
         token = owner_token(work / "instance-0" / "data", {**shared, **env})
         instances = start_instances(work, pg_url, rd.url(), count, **env)
         lb = start_load_balancer(
-            world_readable_dir("sf-scale-lb-"), instances, connections=2 * n + 256, port=lb_port
+            world_readable_dir("sf-scale-lb-"),
+            instances,
+            connections=4 * n + 256,
+            port=lb_port,
+            max_fails=0,
         )
         workers: list[Any] = []
         stop = mp.get_context("spawn").Event()
@@ -234,10 +256,10 @@ def main() -> int:
             rss_before = [p.memory_info().rss for p in procs]
 
             ctx = mp.get_context("spawn")
-            go, report = ctx.Event(), ctx.Queue()
+            go, report, mark = ctx.Event(), ctx.Queue(), ctx.Value("d", 0.0)
             chunks = [specs[i :: args.workers] for i in range(args.workers)]
             workers = [
-                ctx.Process(target=_worker, args=(chunk, go, stop, report, i))
+                ctx.Process(target=_worker, args=(chunk, go, stop, report, i, mark))
                 for i, chunk in enumerate(chunks)
             ]
             for w in workers:
@@ -246,12 +268,13 @@ def main() -> int:
             fleet = Fleet(report, len(workers))
             t0 = time.monotonic()
             go.set()
-            state = fleet.wait(lambda s: s["connected"] >= n, timeout=max(120, n / 20))
+            state = fleet.wait(lambda s: s["ever"] >= n, timeout=max(300, n / 5))
             figures["connect_seconds"] = time.monotonic() - t0
-            figures["connect_errors"] = state["errors"]
+            figures["connect_errors"] = state["errors"]  # handshakes retried meanwhile
             print(f"{n} agents connected in {figures['connect_seconds']:.1f} s")
 
             time.sleep(2)
+            settled = fleet.poll()
             client = redis.Redis.from_url(rd.url())
             ids = [s["server_id"] for s in specs]
             held = holders(client, ids)
@@ -269,6 +292,9 @@ def main() -> int:
                 round((cpu_seconds(p) - c) / wall * 100, 1)
                 for p, c in zip(procs, cpu0, strict=True)
             ]
+            idle = fleet.poll()
+            # Sessions that ended while the fleet sat idle (missed heartbeats under load).
+            figures["idle_reconnects"] = idle["sessions"] - settled["sessions"]
 
             a_url = instances[0].url
             local, remote = per[ids_of[0]], [s for s in ids if held.get(s) != ids_of[0]]
@@ -278,8 +304,9 @@ def main() -> int:
                         got = fan_out(a_url, token, pool[:size], args.rounds)
                         figures[f"fanout_{label}_{where}_p50_ms"] = got["p50"]
                         figures[f"fanout_{label}_{where}_p99_ms"] = got["p99"]
-            got = fan_out(a_url, token, ids, args.rounds)
+            got = fan_out(a_url, token, ids, args.rounds if n <= 2000 else 2)
             figures["fanout_all_p50_ms"], figures["fanout_all_p99_ms"] = got["p50"], got["p99"]
+            figures["fanout_all_failed"] = got["failed"]
             for where, pool in (("same", local), ("cross", remote)):
                 got = round_trips(a_url, token, pool[:50], args.calls)
                 figures[f"command_{where}_p50_ms"] = got["p50"]
@@ -290,12 +317,21 @@ def main() -> int:
             moved = len(per[ids_of[-1]])
             before = fleet.poll()
             t_kill = time.monotonic()
+            mark.value = time.time()
             victim.process.kill()  # type: ignore[union-attr]
             victim.process.wait()  # type: ignore[union-attr]
-            after = fleet.wait(
-                lambda s: s["connected"] >= n and s["sessions"] >= before["sessions"] + moved,
-                timeout=300,
-            )
+            # Back: as many agents connected as before, and at least the victim's count of
+            # them in sessions begun after the kill.
+            try:
+                after = fleet.wait(
+                    lambda s: s["since_mark"] >= moved and s["connected"] >= before["connected"],
+                    timeout=600,
+                )
+                figures["storm_complete"] = True
+            except RuntimeError as exc:  # shown with the figures, not instead of them
+                print(exc, file=sys.stderr)
+                after = fleet.poll()
+                figures["storm_complete"] = False
             figures["storm_agents"] = moved
             figures["storm_seconds"] = time.monotonic() - t_kill
             figures["storm_errors"] = after["errors"] - before["errors"]
@@ -324,7 +360,12 @@ def main() -> int:
 
     rows = [
         ("agents connected (per instance)", f"{n} ({figures['agents_per_instance']})", "-"),
-        ("time to connect all", f"{figures['connect_seconds']:.1f} s", "-"),
+        (
+            "time to connect all (handshakes retried)",
+            f"{figures['connect_seconds']:.1f} s ({figures['connect_errors']})",
+            "-",
+        ),
+        ("sessions ended while idle", f"{figures['idle_reconnects']}", "0"),
         ("idle CPU per instance (heartbeats)", f"{figures['idle_cpu_percent']} %", "-"),
         ("RSS per agent per instance", f"{figures['rss_per_agent_kb']} KB", "-"),
     ]
@@ -333,19 +374,18 @@ def main() -> int:
         rows.append((f"fan-out to {label}, routed: p50/p99", pair(f"fanout_{label}_routed"), ""))
     rows += [
         (f"fan-out to all {n}: p50/p99", pair("fanout_all"), "p99 < 250 ms at 1,000"),
+        (f"fan-out to all {n}: commands failed", f"{figures['fanout_all_failed']}", "0"),
         ("one command via the API, same instance", pair("command_same"), "p50<10 p99<20 ms"),
         ("one command via the API, cross-instance", pair("command_cross"), "-"),
         (
             f"reconnect storm ({figures['storm_agents']} agents)",
-            f"{figures['storm_seconds']:.1f} s, {figures['storm_errors']} errors",
+            f"{figures['storm_seconds']:.1f} s, {figures['storm_errors']} errors"
+            + ("" if figures["storm_complete"] else " (NOT all back)"),
             "all back",
         ),
         ("held by the survivors afterwards", f"{figures['held_by_survivors']} / {n}", f"{n}"),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>28}   {('target: ' + target) if target else ''}")
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
+    print_figures(rows, figures)
     return 0
 
 

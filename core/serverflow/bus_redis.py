@@ -74,6 +74,27 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def connect(
+    url: str, name: str, *, connect_timeout: float = 2, timeout: float = 5
+) -> tuple[aioredis.Redis, str]:
+    """A client for `url` and the prefix of ServerFlow's keys and channels in it.
+
+    No retries inside the client: its users notice a failure at once and reconnect with
+    their own backoff (or fall back). Pub/sub channels ignore database numbers, so the
+    number joins every name (`serverflow:<db>:`): deployments sharing one Redis on
+    different databases stay apart.
+    """
+    client = aioredis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=timeout,
+        client_name=name,
+    )
+    database = client.connection_pool.connection_kwargs.get("db", 0)
+    return client, f"serverflow:{database}:"
+
+
 class RedisBus(EventBus):
     """`EventBus` whose events also reach every other instance subscribed to the channel."""
 
@@ -95,19 +116,8 @@ class RedisBus(EventBus):
         return f"Redis {mask_url(self.url)}"
 
     async def start(self) -> None:
-        # No retries inside the client: the tasks below notice failures at once and
-        # reconnect with their own backoff.
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            client_name=f"serverflow-{self.origin}",
-        )
-        # Pub/sub channels ignore database numbers: the number joins the channel's name,
-        # so deployments sharing one Redis on different databases stay apart.
-        database = self._client.connection_pool.connection_kwargs.get("db", 0)
-        self.channel = f"serverflow:{database}:events"
+        self._client, prefix = connect(self.url, f"serverflow-{self.origin}")
+        self.channel = f"{prefix}events"
         self._tasks = [
             asyncio.create_task(self._publisher(), name="bus-publisher"),
             asyncio.create_task(self._listener(), name="bus-listener"),

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -72,10 +73,15 @@ def event_from_json(raw: bytes | str) -> LiveEvent:
         raise ValueError(f"not a serialised event: {exc}") from exc
 
 
+DROP_LOG_S = 10.0
+
+
 @dataclass(eq=False)
 class _Subscriber:
     queue: asyncio.Queue[LiveEvent]
     local_only: bool
+    dropped: int = 0
+    warned_at: float = -DROP_LOG_S
 
 
 class EventBus:
@@ -103,7 +109,21 @@ class EventBus:
             try:
                 subscriber.queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.warning("event subscriber too slow; dropping %s", event.kind)
+                self._dropped(subscriber, event)
+
+    def _dropped(self, subscriber: _Subscriber, event: LiveEvent) -> None:
+        """Count a dropped event; one warning per subscriber every DROP_LOG_S at most (a
+        line per drop, thousands a second under load, would cost more than the events)."""
+        subscriber.dropped += 1
+        now = time.monotonic()
+        if now - subscriber.warned_at < DROP_LOG_S:
+            return
+        log.warning(
+            "event subscriber too slow: dropped %d events (the last %s)",
+            subscriber.dropped,
+            event.kind,
+        )
+        subscriber.dropped, subscriber.warned_at = 0, now
 
     @asynccontextmanager
     async def subscribe(

@@ -95,19 +95,13 @@ class RedisRateLimiter(RateLimiter):
         self._down = False
 
     def _connect(self) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        from serverflow.bus_redis import connect
 
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=1,
-            socket_timeout=1,
-            client_name=f"serverflow-ratelimit-{self.name}",
+        # Short timeouts: a request waits on this; past them it is limited per instance.
+        self._client, prefix = connect(
+            self.url, f"serverflow-ratelimit-{self.name}", connect_timeout=1, timeout=1
         )
-        database = self._client.connection_pool.connection_kwargs.get("db", 0)
-        self._prefix = f"serverflow:{database}:rate:{self.name}:"
+        self._prefix = f"{prefix}rate:{self.name}:"
         self._script = self._client.register_script(BUCKET)
 
     async def check(self, key: str, what: str = "API") -> None:

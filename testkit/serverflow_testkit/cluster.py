@@ -172,15 +172,22 @@ def start_load_balancer(
     backup: Sequence[ControlPlaneProcess] = (),
     connections: int = 1024,
     port: int | None = None,
+    max_fails: int = 1,
 ) -> LoadBalancer:
     """nginx balancing HTTP and WebSockets over `backends`; `backup` ones get traffic only
     while every backend is down (so a test knows which instance an agent lands on).
-    `port`: one chosen before (the instances' public URL names it), else a free one."""
+    `port`: one chosen before (the instances' public URL names it), else a free one.
+    `max_fails`: failed connections before nginx rests a backend for 2 s; 0 never rests
+    one (a dead backend refuses at once and the next is tried, while a loaded one that is
+    slow to accept is not taken out: under a reconnect storm, resting the survivor makes
+    nginx answer "no live upstreams")."""
     if shutil.which("nginx") is None:
         missing("nginx", "the nginx binary is not installed (apt-get install nginx)")
     for sub in ("logs", "tmp"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
-    lines = [f"    server 127.0.0.1:{cp.port} max_fails=1 fail_timeout=2s;" for cp in backends]
+    lines = [
+        f"    server 127.0.0.1:{cp.port} max_fails={max_fails} fail_timeout=2s;" for cp in backends
+    ]
     lines += [f"    server 127.0.0.1:{cp.port} backup;" for cp in backup]
     port = port or free_port()
     conf = directory / "nginx.conf"

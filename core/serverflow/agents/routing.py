@@ -158,19 +158,9 @@ class RedisRouter(Router):
         return f"{self.instance_id}/{session_id}"
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        from serverflow.bus_redis import connect
 
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            client_name=f"serverflow-{self.instance_id}-routes",
-        )
-        database = self._client.connection_pool.connection_kwargs.get("db", 0)
-        self._prefix = f"serverflow:{database}:"
+        self._client, self._prefix = connect(self.url, f"serverflow-{self.instance_id}-routes")
         refresh, release = _key_scripts()
         self._refresh_script = self._client.register_script(refresh)
         self._release_script = self._client.register_script(release)
