@@ -6,7 +6,8 @@ Starts a real control plane (`serverflow up`, SQLite) and N simulated agents (re
 protocol, real Ed25519 signatures, bench/simagent.py) spread over worker processes, then
 measures: time for N agents to connect and authorize; command round-trip latency p50/p99
 for a fan-out to 1, 100 and N agents; control-plane RSS and CPU per agent; and a real
-`serverflow-agent` process's idle RSS and CPU. Prints each figure beside its target; the
+`serverflow-agent` process's idle RSS and CPU, and one read action's round trip through
+the REST API to it. Prints each figure beside its target; the
 last line is one JSON object with every figure.
 """
 
@@ -166,8 +167,9 @@ def fan_out(dep: Deployment, ids: list[str], rounds: int) -> dict[str, float]:
     }
 
 
-def real_agent(dep: Deployment, work: Path, idle_seconds: float) -> dict[str, float]:
-    """Install a real serverflow-agent, let it sit idle, and watch its RSS and CPU."""
+def real_agent(dep: Deployment, work: Path, idle_seconds: float, calls: int) -> dict[str, float]:
+    """Install a real serverflow-agent, time `calls` read actions (system.info) through
+    the REST API one after another, then let it sit idle and watch its RSS and CPU."""
     headers = {"Authorization": f"Bearer {dep.tokens['owner']}"}
     made = httpx.post(
         dep.url + "/api/v1/servers", json={"name": "real-agent"}, headers=headers, timeout=60
@@ -191,6 +193,16 @@ def real_agent(dep: Deployment, work: Path, idle_seconds: float) -> dict[str, fl
                 raise RuntimeError("the real agent did not come online")
             time.sleep(0.1)
         proc = psutil.Process(process.pid)
+        walls = []
+        with httpx.Client(base_url=dep.url, headers=headers, timeout=60) as http:
+            for _ in range(calls):
+                started = time.perf_counter()
+                answer = http.post(
+                    f"/api/v1/servers/{made['id']}/actions/system.info", json={"params": {}}
+                )
+                walls.append((time.perf_counter() - started) * 1000)
+                if answer.status_code != 200 or answer.json()["status"] != "ok":
+                    raise RuntimeError(f"system.info failed: {answer.text[:300]}")
         time.sleep(2)  # let start-up settle before measuring "idle"
         cpu0, wall0 = cpu_seconds(proc), time.monotonic()
         peak = 0
@@ -198,7 +210,12 @@ def real_agent(dep: Deployment, work: Path, idle_seconds: float) -> dict[str, fl
             peak = max(peak, proc.memory_info().rss)
             time.sleep(1)
         cpu = (cpu_seconds(proc) - cpu0) / (time.monotonic() - wall0) * 100
-        return {"rss_mb": peak / 2**20, "cpu_percent": cpu}
+        return {
+            "rss_mb": peak / 2**20,
+            "cpu_percent": cpu,
+            "command_p50_ms": percentile(walls, 50),
+            "command_p99_ms": percentile(walls, 99),
+        }
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -218,6 +235,9 @@ def main() -> int:
         help="processes holding the simulated agents (default: one per core but one)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="fan-outs per size")
+    parser.add_argument(
+        "--calls", type=int, default=200, help="read actions timed on the real agent"
+    )
     parser.add_argument(
         "--idle-seconds",
         type=float,
@@ -282,7 +302,9 @@ def main() -> int:
             stop.set()
             for w in workers:
                 w.join(timeout=30)
-            agent = real_agent(dep, work, args.idle_seconds)
+            agent = real_agent(dep, work, args.idle_seconds, args.calls)
+            figures["real_command_p50_ms"] = agent["command_p50_ms"]
+            figures["real_command_p99_ms"] = agent["command_p99_ms"]
             figures["agent_idle_rss_mb"] = agent["rss_mb"]
             figures["agent_idle_cpu_percent"] = agent["cpu_percent"]
         finally:
@@ -320,6 +342,11 @@ def main() -> int:
             "control plane CPU with agents idle (total, per agent)",
             f"{figures['cp_idle_cpu_percent']:.1f} %, {figures['cp_cpu_per_agent_percent']:.4f} %",
             "-",
+        ),
+        (
+            "real agent, one read action via the API: p50 / p99",
+            f"{figures['real_command_p50_ms']:.1f} / {figures['real_command_p99_ms']:.1f} ms",
+            "p50 < 10, p99 < 20 ms",
         ),
         ("real agent idle RSS", f"{figures['agent_idle_rss_mb']:.1f} MB", "< 40 MB"),
         ("real agent idle CPU", f"{figures['agent_idle_cpu_percent']:.2f} %", "< 1 %"),

@@ -327,3 +327,36 @@ async def test_older_registry_is_refused(tmp_path: Path, site: Path) -> None:
         # The agent comes back, still at version 5 (the peer sends 5 again).
         await rig.peer.session(after=len(rig.peer.sessions))
         assert rig.agent.alive()
+
+
+def fork_servers(agent_pid: int) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(agent_pid).children()
+        if "serverflow_agent.forkserver" in " ".join(p.cmdline())
+    ]
+
+
+async def test_a_lost_fork_server_stops_its_action_and_is_started_again(rig: Rig) -> None:
+    """Actions are forked by one long-lived process: if it dies, the action it was
+    watching is stopped and reported (never left running unwatched), and the next
+    command gets a new fork server."""
+    first = await rig.run(rig.peer.command("test.touch", {"path": "before"}))
+    assert first["status"] == "ok", first
+    (server,) = fork_servers(rig.agent.pid)
+    session = await rig.peer.session()
+    slow = rig.peer.command("test.sleep", {"seconds": 30})
+    await session.send(slow)
+    await eventually(lambda: list(rig.marker_dir.glob("sleep-*.json")), what="the sleep to start")
+    (pids_file,) = rig.marker_dir.glob("sleep-*.json")
+    pids = json.loads(pids_file.read_text())
+    server.kill()
+    lost = (await rig.peer.result(slow.body["id"])).body
+    assert lost["status"] == "error" and lost["code"] == "CMD011", lost
+    assert "killed by signal 9" in lost["message"], lost
+    await eventually(lambda: gone(pids["pid"]) and gone(pids["child"]), what="the action to die")
+    assert "action fork server lost" in rig.agent.log()
+    after = await rig.run(rig.peer.command("test.touch", {"path": "after"}))
+    assert after["status"] == "ok", after
+    (again,) = fork_servers(rig.agent.pid)
+    assert again.pid != server.pid

@@ -29,6 +29,8 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -211,34 +213,13 @@ class RedisBus(EventBus):
 
     async def _listener(self) -> None:
         assert self._client is not None
-        backoff = Backoff()
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                backoff.reset()
-                self._link_up("subscribe")
-                heard = time.monotonic()
-                while True:
-                    message = await pubsub.get_message(timeout=IDLE_PING_S)
-                    if message is not None:
-                        heard = time.monotonic()
-                        if message["type"] == "message":
-                            self._received(message["data"])
-                    elif time.monotonic() - heard > 2 * IDLE_PING_S:
-                        # A connection that died without closing (a cut network) says
-                        # nothing: no pong is the sign.
-                        raise RedisConnectionError(
-                            f"no answer from Redis for {2 * IDLE_PING_S:g} s"
-                        )
-                    else:
-                        await pubsub.ping()
-            except UNREACHABLE as exc:
-                self._link_down("subscribe", exc)
-            finally:
-                with contextlib.suppress(*UNREACHABLE):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff.next())
+        await subscribe_forever(
+            self._client,
+            [self.channel],
+            self._received,
+            on_up=lambda: self._link_up("subscribe"),
+            on_down=lambda exc: self._link_down("subscribe", exc),
+        )
 
     def _received(self, raw: bytes) -> None:
         try:
@@ -282,3 +263,43 @@ class RedisBus(EventBus):
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("event bus task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+async def subscribe_forever(
+    client: Any,
+    channels: list[str],
+    on_message: Callable[[bytes], None],
+    on_up: Callable[[], None] | None = None,
+    on_down: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Hand every message published on `channels` to `on_message`, until cancelled.
+
+    Subscribes again, with backoff, whenever the connection is lost, including one that
+    died without closing (a cut network says nothing: no answer to a PING is the sign).
+    """
+    backoff = Backoff()
+    while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*channels)
+            backoff.reset()
+            if on_up is not None:
+                on_up()
+            heard = time.monotonic()
+            while True:
+                message = await pubsub.get_message(timeout=IDLE_PING_S)
+                if message is not None:
+                    heard = time.monotonic()
+                    if message["type"] == "message":
+                        on_message(message["data"])
+                elif time.monotonic() - heard > 2 * IDLE_PING_S:
+                    raise RedisConnectionError(f"no answer from Redis for {2 * IDLE_PING_S:g} s")
+                else:
+                    await pubsub.ping()
+        except UNREACHABLE as exc:
+            if on_down is not None:
+                on_down(exc)
+        finally:
+            with contextlib.suppress(*UNREACHABLE):
+                await pubsub.aclose()
+        await asyncio.sleep(backoff.next())

@@ -333,31 +333,11 @@ class RedisRouter(Router):
                 self._outbox.task_done()
 
     async def _listener(self) -> None:
-        from serverflow.bus_redis import IDLE_PING_S, UNREACHABLE, Backoff
+        from serverflow.bus_redis import subscribe_forever
 
-        backoff = Backoff()
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel(self.instance_id), self._results)
-                backoff.reset()
-                heard = time.monotonic()
-                while True:
-                    message = await pubsub.get_message(timeout=IDLE_PING_S)
-                    if message is not None:
-                        heard = time.monotonic()
-                        if message["type"] == "message":
-                            self._received(message["data"])
-                    elif time.monotonic() - heard > 2 * IDLE_PING_S:
-                        break  # a connection that died silently: subscribe again
-                    else:
-                        await pubsub.ping()
-            except UNREACHABLE:
-                pass
-            finally:
-                with contextlib.suppress(*UNREACHABLE):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff.next())
+        await subscribe_forever(
+            self._client, [self._channel(self.instance_id), self._results], self._received
+        )
 
     def _received(self, raw: bytes) -> None:
         try:
