@@ -180,5 +180,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the worker processes
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens in a log
     sys.exit(main())

@@ -187,6 +187,13 @@ async def test_redis_away_each_instance_still_commands_its_own_agents(
     await until(crosses, "a command from B reaching A's agent again", timeout=20)
     for cp in (cluster.cp_a, cluster.cp_b):
         assert cp.process is not None and cp.process.poll() is None, cp.log()
+    # Every command asked while Redis was away is in the audit trail, chain intact.
+    page = (await cluster.b.api.get("/api/v1/audit", params={"action": "agent.command"})).json()
+    by_id = {e["details"]["command_id"]: e["outcome"] for e in page["entries"]}
+    assert by_id.get(own["id"]) == "ok", page
+    assert by_id.get(routed["id"]) == "undelivered", page
+    verdict = (await cluster.a.api.get("/api/v1/audit/verify")).json()
+    assert verdict["ok"] is True, verdict
 
 
 async def _status_is(instance: Instance, status: int) -> bool:

@@ -193,6 +193,7 @@ class AgentHub:
         self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._beats: list[_Beat] = []
         self._persisted: dict[uuid.UUID, float] = {}  # server id -> when its row was updated
+        self._heard: set[uuid.UUID] = set()  # servers with heartbeats stored since the last prune
         self._key: signing.ActiveKey | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -1028,14 +1029,27 @@ class AgentHub:
                 # The server row (latest metrics, last seen) is refreshed at most every half
                 # offline window: often enough for presence across instances, without one
                 # UPDATE per heartbeat. Live figures reach dashboards through the event bus.
+                # One statement per batch of rows, not one per server (10,000 agents).
                 every = self.interval_ms * self.settings.offline_after_missed / 2000
                 now = time.monotonic()
+                due = []
                 for server_id, beat in latest.items():
+                    self._heard.add(server_id)
                     if now - self._persisted.get(server_id, 0.0) < every:
                         continue
                     self._persisted[server_id] = now
-                    await Server.filter(id=server_id).update(
-                        last_seen_at=beat.at, metrics=beat.metrics, status=ServerStatus.ONLINE
+                    due.append(
+                        Server(
+                            id=server_id,
+                            organization_id=org_id,
+                            last_seen_at=beat.at,
+                            metrics=beat.metrics,
+                            status=ServerStatus.ONLINE,
+                        )
+                    )
+                if due:
+                    await Server.bulk_update(
+                        due, fields=["last_seen_at", "metrics", "status"], batch_size=500
                     )
 
     async def _flush_loop(self) -> None:
@@ -1116,10 +1130,14 @@ class AgentHub:
         keep = self.settings.heartbeat_history
         while True:
             await asyncio.sleep(60)
+            # Only the servers whose heartbeats this instance stored since the last round:
+            # the others have nothing new to prune here (another instance holds them).
+            heard, self._heard = self._heard, set()
             try:
-                for org in await Organization.all():
+                chunks = [list(heard)[i : i + 500] for i in range(0, len(heard), 500)]
+                for org, chunk in [(o, c) for o in await Organization.all() for c in chunks]:
                     async with scoped(org.id):
-                        for server in await Server.all().only("id"):
+                        for server in await Server.filter(id__in=chunk).only("id"):
                             ids = (
                                 await Heartbeat.filter(server_id=server.id)
                                 .order_by("-id")
