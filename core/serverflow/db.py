@@ -39,12 +39,19 @@ def prepare(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+DEFAULT_POOL_MAXSIZE = 20
+
+
 def tortoise_config(url: str) -> dict[str, Any]:
     if url.startswith("postgresql://"):
         url = "postgres://" + url[len("postgresql://") :]
     # Tortoise caches prepared SQL per connection name, not per dialect: naming the
     # connection after its dialect keeps SQLite and PostgreSQL apart in one process.
     name = dialect_of(url)
+    if name == "postgres" and "maxsize=" not in url.partition("?")[2]:
+        # Tortoise's default pool is 5 connections: thousands of agents handshaking on one
+        # instance queued for them past the handshake timeout. `?maxsize=N` overrides.
+        url += ("&" if "?" in url else "?") + f"maxsize={DEFAULT_POOL_MAXSIZE}"
     return {
         "connections": {name: url},
         "apps": {"models": {"models": MODEL_MODULES, "default_connection": name}},
