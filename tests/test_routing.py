@@ -196,6 +196,42 @@ async def test_redis_away_each_instance_still_commands_its_own_agents(
     assert verdict["ok"] is True, verdict
 
 
+async def test_a_result_relayed_while_the_asker_cannot_listen_is_not_lost(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    """B asks, A relays; Redis refuses every channel while the agent works (the
+    subscribers are cut off, A's reply cannot be published): A stores the signed result
+    and B, once it can listen again, finds it there instead of timing out."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_server.url())
+    asked = asyncio.create_task(cluster.run(cluster.b, "test.sleep", seconds=1))
+    try:
+        await until(lambda: _started(cluster.markers), "the agent running the command")
+        await admin.execute_command("ACL", "SETUSER", "default", "resetchannels")
+        await until(lambda: _status_is(cluster.b, 503), "B not ready without its channel")
+
+        async def stored_by_a() -> dict[str, Any] | None:
+            listed = await cluster.a.api.get(f"/api/v1/servers/{cluster.server_id}/commands")
+            [command] = [c for c in listed.json()["commands"] if c["action"] == "test.sleep"]
+            return command if command["status"] == "ok" else None
+
+        stored = await until(stored_by_a, "A storing the result it could not relay")
+        assert not asked.done()  # B still waits
+        assert _verifies(cluster.public_key, stored)
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "allchannels")
+        await admin.aclose()
+    command = await asyncio.wait_for(asked, 20)
+    assert command["status"] == "ok" and command["id"] == stored["id"], command
+    assert command["output"] == {"slept": 1}
+    await until(lambda: _status_is(cluster.b, 200), "B ready again")
+
+
+async def _started(markers: Path) -> bool:
+    return any(markers.glob("sleep-*.json"))
+
+
 async def _status_is(instance: Instance, status: int) -> bool:
     return (await instance.ready())[0] == status
 

@@ -33,7 +33,8 @@ async def readyz() -> tuple[Response, int]:
     if cp.settings.redis_url:
         # Without Redis this instance's events reach only its own pages: not ready, so
         # that a load balancer sends users to an instance that sees everything.
-        redis_problem = await cp.bus.problem()
+        # And without its routing channel, commands for agents held elsewhere fail.
+        redis_problem = await cp.bus.problem() or cp.hub.router.problem()
         body["redis"] = "ok" if redis_problem is None else "unreachable"
         if redis_problem is not None:
             body["redis_error"] = redis_problem

@@ -140,6 +140,7 @@ class _Routed:
     server_id: uuid.UUID
     public_key: str
     owner: str
+    subscriptions: int  # the router's count when it was sent: changed, a reply may be lost
     dead_since: float | None = None
 
 
@@ -582,9 +583,7 @@ class AgentHub:
         if relay is not None and relay.session is session:
             del self._relays[command_id]
             session.pending.discard(command_id)
-            self.router.tell(
-                relay.reply_to, {"t": "reply", "id": command_id, "body": body, "sig": frame.sig}
-            )
+            self._spawn(self._reply_relayed(session, relay.reply_to, command_id, body, frame.sig))
             return
         try:
             uuid.UUID(command_id)
@@ -596,12 +595,7 @@ class AgentHub:
                 body.get("message"),
             )
             return
-        async with scoped(session.org_id):  # a late result: nobody waits any more
-            updated = await Command.filter(
-                id=command_id,
-                server_id=session.server_id,
-                status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT, CommandStatus.UNDELIVERED],
-            ).update(**_result_fields(Reply(body, frame.sig, time.monotonic())))
+        updated = await self._store_late(session, command_id, body, frame.sig)
         if updated and self.router.shared:
             # Whichever instance still waits for it (it sent the command through an
             # instance that died, and the agent reported it here after reconnecting).
@@ -620,6 +614,32 @@ class AgentHub:
                 reason="no such command is waiting",
                 details={"command_id": command_id},
             )
+
+    async def _store_late(
+        self, session: AgentSession, command_id: str, body: dict[str, Any], sig: str | None
+    ) -> int:
+        """Store a result nobody here waits for; how many commands it answered (0 or 1)."""
+        async with scoped(session.org_id):
+            return await Command.filter(
+                id=command_id,
+                server_id=session.server_id,
+                status__in=[CommandStatus.SENT, CommandStatus.TIMEOUT, CommandStatus.UNDELIVERED],
+            ).update(**_result_fields(Reply(body, sig, time.monotonic())))
+
+    async def _reply_relayed(
+        self,
+        session: AgentSession,
+        reply_to: str,
+        command_id: str,
+        body: dict[str, Any],
+        sig: str | None,
+    ) -> None:
+        """Hand a relayed command's result back to the instance that sent it; stored here
+        if that instance is not listening (Redis away from it for a moment, or it died),
+        where it looks when it can listen again."""
+        message = {"t": "reply", "id": command_id, "body": body, "sig": sig}
+        if not await self.router.send(reply_to, message):
+            await self._store_late(session, command_id, body, sig)
 
     async def _agent_key(self, session: AgentSession, body: dict[str, Any]) -> None:
         if body["old_public_key"] != session.public_key:
@@ -741,7 +761,7 @@ class AgentHub:
             waiters[command_id] = future
             if owner is not None:
                 self._routed[command_id] = _Routed(
-                    command.server_id, publics[command.server_id], owner
+                    command.server_id, publics[command.server_id], owner, self.router.subscriptions
                 )
                 by_owner[owner].append([str(command.server_id), command_id, signed.encode()])
                 continue
@@ -755,7 +775,7 @@ class AgentHub:
         try:
             if by_owner:
                 await asyncio.gather(*(self._send_routed(o, i) for o, i in by_owner.items()))
-            await self._wait(waiters, started + timeout_s)
+            await self._wait(org_id, waiters, started + timeout_s)
         finally:
             for command, session, _, _ in sent:
                 self._waiters.pop(str(command.id), None)
@@ -883,10 +903,13 @@ class AgentHub:
         if waiter is not None and not waiter.done():
             waiter.set_exception(why)
 
-    async def _wait(self, waiters: dict[str, asyncio.Future[Reply]], deadline: float) -> None:
+    async def _wait(
+        self, org_id: uuid.UUID, waiters: dict[str, asyncio.Future[Reply]], deadline: float
+    ) -> None:
         """Until every command is answered or the deadline; a command routed through an
         instance that died gets RECONNECT_GRACE_S more for its result to come back by
-        another way, then ends as "agent reconnecting"."""
+        another way, then ends as "agent reconnecting". A result relayed back while this
+        instance was not subscribed is stored by the relaying instance: looked up there."""
         pending = {f for f in waiters.values() if not f.done()}
         while pending:
             remaining = deadline - time.monotonic()
@@ -898,6 +921,14 @@ class AgentHub:
             )
             if not routed or not pending:
                 continue
+            missed = [
+                i
+                for i in routed
+                if self._routed[i].subscriptions != self.router.subscriptions
+                and not waiters[i].done()
+            ]
+            if missed:
+                await self._stored_replies(org_id, missed)
             alive = await self.router.alive(self._routed[i].owner for i in routed)
             now = time.monotonic()
             for command_id in routed:
@@ -917,6 +948,23 @@ class AgentHub:
                             code=RECONNECTING,
                         ),
                     )
+
+    async def _stored_replies(self, org_id: uuid.UUID, command_ids: list[str]) -> None:
+        async with scoped(org_id):
+            rows = await Command.filter(
+                id__in=command_ids, result_signature__isnull=False
+            ).values_list("id", "result_body", "result_signature")
+        for command_id, body, sig in rows:
+            route = self._routed.get(str(command_id))
+            waiter = self._waiters.get(str(command_id))
+            if route is None or waiter is None or waiter.done():
+                continue
+            try:
+                protocol.verify(route.public_key, "result", body, sig)
+            except ProtocolError:
+                log.warning("a stored result for %s does not verify; ignored", command_id)
+                continue
+            waiter.set_result(Reply(body, sig, time.monotonic()))
 
     def _routed_message(self, message: dict[str, Any]) -> None:
         """What another instance sent this one (called by the router's listener)."""

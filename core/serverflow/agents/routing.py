@@ -64,6 +64,13 @@ class Router:
 
     shared = False
     instance_id = ""
+    # How many times this instance has subscribed to its channel: a reply sent to it
+    # while it was not subscribed is lost on the way (the sender stores it instead).
+    subscriptions = 1
+
+    def problem(self) -> str | None:
+        """Why messages from other instances cannot reach this one now, or None."""
+        return None
 
     def attach(self, handler: Handler) -> None:
         """`handler` receives the messages other instances send to this one."""
@@ -140,6 +147,13 @@ class RedisRouter(Router):
         self._refresh_script: Any = None
         self._release_script: Any = None
         self._down_since: float | None = None
+        self.subscriptions = 0
+        self._not_listening: str | None = "not subscribed yet"
+
+    def problem(self) -> str | None:
+        return (
+            None if self._not_listening is None else f"Redis is unreachable ({self._not_listening})"
+        )
 
     def attach(self, handler: Handler) -> None:
         self._handler = handler
@@ -262,6 +276,11 @@ class RedisRouter(Router):
         ids = list(server_ids)
         if not ids:
             return {}
+        if self._not_listening is not None:
+            # The command would reach the agent but its result could not come back.
+            raise RouterUnavailable(
+                f"not subscribed to this instance's channel: {self._not_listening}"
+            )
         values = await self._call(
             "looking up agents", self._client.mget([self._agent_key(i) for i in ids])
         )
@@ -336,8 +355,21 @@ class RedisRouter(Router):
         from serverflow.bus_redis import subscribe_forever
 
         await subscribe_forever(
-            self._client, [self._channel(self.instance_id), self._results], self._received
+            self._client,
+            [self._channel(self.instance_id), self._results],
+            self._received,
+            on_up=self._subscribed,
+            on_down=self._unsubscribed,
         )
+
+    def _subscribed(self) -> None:
+        self._not_listening = None
+        self.subscriptions += 1
+
+    def _unsubscribed(self, exc: BaseException) -> None:
+        from serverflow.bus_redis import _reason
+
+        self._not_listening = _reason(exc)
 
     def _received(self, raw: bytes) -> None:
         try:
