@@ -24,7 +24,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from serverflow.bus_redis import RedisBus
 from serverflow.errors import ConfigError
-from serverflow.events import LiveEvent, event_from_json, event_to_json
+from serverflow.events import (
+    LiveEvent,
+    event_from_json,
+    event_to_json,
+    events_from_json,
+    events_to_json,
+)
 from serverflow.settings import load_settings
 from serverflow_testkit.cluster import EMAIL, PASSWORD, Instance, owner_token, until
 from serverflow_testkit.controlplane import ControlPlaneProcess, cli_env, run_cli
@@ -145,6 +151,50 @@ async def test_each_subscriber_gets_each_event_once(redis_server: RedisServer) -
     finally:
         for bus in (a, b, elsewhere):
             await bus.stop()
+
+
+async def test_gauges_reach_other_instances_as_each_servers_latest(
+    redis_server: RedisServer,
+) -> None:
+    """server.metrics: every one to this instance's pages, to others only each server's
+    newest, bundled; other events are not held back by them."""
+    a, b = RedisBus(redis_server.url(), "a"), RedisBus(redis_server.url(), "b")
+    org, web, db = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for bus in (a, b):
+        await bus.start()
+    try:
+        await until(lambda: _up(a, b), "both buses connected")
+        async with a.subscribe() as on_a, b.subscribe() as on_b:
+            for n in range(20):
+                a.publish(LiveEvent("server.metrics", org, web, {"cpu": n}))
+                a.publish(LiveEvent("server.metrics", org, db, {"cpu": 100 + n}))
+            a.publish(LiveEvent("test.done", org))
+            # Queued before the coalescer could run: it arrives first, not after a second.
+            assert (await asyncio.wait_for(on_b.get(), 10)).kind == "test.done"
+            arrived = await _drain(on_b, until="server.metrics")
+            arrived += [on_b.get_nowait() for _ in range(on_b.qsize())]
+            metrics = {e.server_id: e.data for e in arrived if e.kind == "server.metrics"}
+            assert metrics == {web: {"cpu": 19}, db: {"cpu": 119}}
+            assert len([e for e in arrived if e.kind == "server.metrics"]) == 2
+            assert on_a.qsize() == 41  # its own pages: every one, at once
+    finally:
+        for bus in (a, b):
+            await bus.stop()
+
+
+def test_a_bundle_comes_back_as_its_events() -> None:
+    org = uuid.uuid4()
+    events = [
+        LiveEvent("server.metrics", org, uuid.uuid4(), {"n": n}, origin="a") for n in range(3)
+    ]
+    assert events_from_json(events_to_json(events)) == events
+    assert events_from_json(event_to_json(events[0])) == events[:1]
+    with pytest.raises(ValueError):
+        events_from_json(b'{"bundle":[{"kind":"x"}]}')
+
+
+async def _up(*buses: RedisBus) -> bool:
+    return all([await bus.problem() is None for bus in buses])
 
 
 # -- two real instances -------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,7 +168,7 @@ def test_expired_and_forged_install_tokens(deployment: Deployment) -> None:
 
 def close_code_for(code: str) -> int:
     """The WebSocket close code docs/protocol.md §2 gives for an error frame's code."""
-    return 1009 if code == "FRM001" else 1008
+    return {"FRM001": 1009, "AUT006": 1013}.get(code, 1008)
 
 
 async def expect_refusal(agent: SimAgent, code: str) -> None:
@@ -590,3 +591,63 @@ async def test_fan_out_to_many_agents(deployment: Deployment) -> None:
             task.cancel()
         for agent in agents:
             await agent.close()
+
+
+def test_a_connection_beyond_the_handshakes_at_once_is_told_to_retry_later(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """AGENT_HANDSHAKES_MAX=2: a third agent connecting while two handshakes are under way
+    waits for a slot, gets AUT006 (close 1013) when none frees in time (not audited); one
+    that waits while a slot frees gets in."""
+    data = tmp_path_factory.mktemp("busy") / "data"
+    dep = bootstrap(data, env={"SERVERFLOW_AGENT_HANDSHAKES_MAX": "2"})
+    try:
+        asyncio.run(_busy(dep))
+        log = dep.cp.log()
+        assert "1 agent connection(s) told to retry later" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        dep.cp.stop()
+
+
+async def _busy(dep: Deployment) -> None:
+    stalled = [enrolled(dep), enrolled(dep)]
+    for agent in stalled:
+        await agent.connect()
+        assert (await agent.recv()).type == "challenge"  # and no answer yet
+    third = enrolled(dep)
+    waited = time.monotonic()
+    try:
+        await third.connect()  # the WebSocket is accepted when the wait ends
+        await expect_refusal(third, "AUT006")
+    except ConnectionClosed as closed:  # refused before its hello went out
+        assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (
+            1013,
+            "AUT006",
+        ), closed
+    assert 2.5 < time.monotonic() - waited < 8
+    metrics = httpx.get(dep.url + "/metrics").text
+    assert "serverflow_agent_handshakes_deferred_total 1.0" in metrics, metrics
+    assert server_state(dep, third.server_id)["status"] != "online"
+    # It tries again and waits; one of the two goes away meanwhile: it is let in.
+    retried = asyncio.create_task(third.handshake())
+    await stalled[0].close()
+    await asyncio.wait_for(retried, 10)
+    await _until_online(dep, third.server_id)
+    await third.close()
+    await stalled[1].close()
+    audit = (await api(dep, "GET", "/audit", params={"action": "agent."})).json()
+    assert not [e for e in audit["entries"] if "AUT006" in json.dumps(e)], audit
+
+
+async def _until(check: Any, what: str, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.1)
+
+
+async def _until_online(dep: Deployment, server_id: str) -> None:
+    async def online() -> bool:
+        return bool(server_state(dep, server_id)["status"] == "online")
+
+    await _until(online, "online")

@@ -44,6 +44,7 @@ ERRORS: dict[str, str] = {
     "AUT003": "handshake signature does not verify",
     "AUT004": "handshake not completed in time",
     "AUT005": "protocol version not supported",
+    "AUT006": "control plane busy with other agents connecting; retry later",
     "SIG001": "signature does not verify with the pinned key",
     "CMD002": "command addressed to another server",
     "CMD003": "command expired",
@@ -65,11 +66,13 @@ ERRORS: dict[str, str] = {
 # WebSocket close codes after an error frame (docs/protocol.md §2), the same on both sides.
 CLOSE_POLICY = 1008  # policy violation: every refusal but a too-large frame
 CLOSE_TOO_BIG = 1009  # message too big: FRM001
+CLOSE_TRY_LATER = 1013  # try again later: AUT006, nothing wrong with the agent
+_CLOSE_CODES = {"FRM001": CLOSE_TOO_BIG, "AUT006": CLOSE_TRY_LATER}
 
 
 def close_code(error_code: str) -> int:
     """The close code that goes with the error frame of a refusal."""
-    return CLOSE_TOO_BIG if error_code == "FRM001" else CLOSE_POLICY
+    return _CLOSE_CODES.get(error_code, CLOSE_POLICY)
 
 
 class ProtocolError(Exception):

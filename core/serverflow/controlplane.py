@@ -12,7 +12,7 @@ from quart import current_app
 from serverflow.agents.hub import AgentHub
 from serverflow.agents.routing import make_router
 from serverflow.deploys.service import Deployer
-from serverflow.events import EventBus
+from serverflow.events import COALESCED_KINDS, EventBus, LiveEvent
 from serverflow.keys import AppKeys
 from serverflow.metrics import Metrics
 from serverflow.plugins import Plugins
@@ -60,12 +60,14 @@ class ControlPlane:
     refusals: RefusalLog = field(init=False)
     metrics: Metrics = field(init=False)
 
+    def _bus_lag(self, event: LiveEvent) -> None:
+        if event.kind not in COALESCED_KINDS:  # those wait for their bundle on purpose
+            self.metrics.bus_lag.observe(max(0.0, (utc_now() - event.at).total_seconds()))
+
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.instance_id)
         self.bus = make_bus(self.settings, self.instance_id)
-        self.bus.on_remote = lambda event: self.metrics.bus_lag.observe(
-            max(0.0, (utc_now() - event.at).total_seconds())
-        )
+        self.bus.on_remote = self._bus_lag
         self.refusals = RefusalLog(window_s=self.settings.audit_refusal_window_s)
         redis_url = self.settings.redis_url
         self.api_limit = make_limiter(redis_url, "api", self.settings.api_rate_per_minute)

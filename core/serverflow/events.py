@@ -24,6 +24,11 @@ from serverflow.tenancy import scoped
 log = logging.getLogger(__name__)
 
 
+# Kinds of which only the latest per server matters (a gauge, not a happening): between
+# instances they may be coalesced (serverflow.bus_redis).
+COALESCED_KINDS = frozenset({"server.metrics"})
+
+
 @dataclass(frozen=True)
 class LiveEvent:
     """What listeners (plugins, dashboards) receive."""
@@ -53,10 +58,33 @@ def event_to_json(event: LiveEvent) -> bytes:
     ).encode()
 
 
+def events_to_json(events: list[LiveEvent]) -> bytes:
+    """Several events in one message (`{"bundle": [event, ...]}`)."""
+    return b'{"bundle":[' + b",".join(event_to_json(e) for e in events) + b"]}"
+
+
+def events_from_json(raw: bytes | str) -> list[LiveEvent]:
+    """The events of one message, an event or a bundle; ValueError for anything else."""
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a serialised event: {exc}") from exc
+    if isinstance(body, dict) and isinstance(body.get("bundle"), list):
+        return [_event_from(item) for item in body["bundle"]]
+    return [_event_from(body)]
+
+
 def event_from_json(raw: bytes | str) -> LiveEvent:
     """The inverse of `event_to_json`; ValueError for anything else."""
     try:
         body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a serialised event: {exc}") from exc
+    return _event_from(body)
+
+
+def _event_from(body: Any) -> LiveEvent:
+    try:
         server_id = body["server_id"]
         data = body["data"]
         if not isinstance(data, dict):
@@ -69,7 +97,7 @@ def event_from_json(raw: bytes | str) -> LiveEvent:
             at=datetime.fromisoformat(body["at"]),
             origin=str(body["origin"]),
         )
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a serialised event: {exc}") from exc
 
 

@@ -52,6 +52,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.handshakes_deferred = Counter(
+            "serverflow_agent_handshakes_deferred",
+            "Agent connections told to retry later (AUT006): the instance was working on "
+            "SERVERFLOW_AGENT_HANDSHAKES_MAX handshakes already.",
+            registry=self.registry,
+        )
         self.relayed = Counter(
             "serverflow_commands_relayed",
             "Commands other instances signed that this one passed to an agent it holds.",
@@ -60,7 +66,8 @@ class Metrics:
         self.bus_lag = Histogram(
             "serverflow_bus_lag_seconds",
             "From an event's creation on another instance to its arrival here (clocks of "
-            "both instances: keep them in sync).",
+            "both instances: keep them in sync); not the gauges sent once a second in "
+            "bundles (server.metrics).",
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )

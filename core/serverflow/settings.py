@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     plugin_wheelhouse: Path | None = None
     heartbeat_interval_ms: int = Field(default=5000, ge=100, le=600_000)
     offline_after_missed: int = Field(default=3, ge=1)
+    # Agent handshakes one instance works on at once; beyond, AUT006 (retry later):
+    # thousands queued behind a database pool all time out instead (AUT004).
+    agent_handshakes_max: int = Field(default=100, ge=1, le=100_000)
     heartbeat_history: int = Field(default=720, ge=1)
     install_token_minutes: int = Field(default=60, ge=1)
     # The ports the agents' nginx listens on for apps without a domain: one per app and

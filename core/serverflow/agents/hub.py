@@ -43,6 +43,8 @@ from serverflow_contract.protocol import Frame, ProtocolError
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+ADMIT_WAIT_S = 3.0  # for a handshake slot, within the agent's own 10 s for the handshake
+DEFER_LOG_S = 10.0
 # How long a command routed to an instance that died may still wait for its result (the
 # agent reconnects to another instance and reports it from its outbox) before it ends as
 # "agent reconnecting".
@@ -193,6 +195,8 @@ class AgentHub:
         self._relays: dict[str, _Relay] = {}  # command id -> who waits for it
         self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._beats: list[_Beat] = []
+        self._slots = asyncio.Semaphore(settings.agent_handshakes_max)  # handshakes at once
+        self._deferred, self._deferred_logged = 0, -DEFER_LOG_S
         self._persisted: dict[uuid.UUID, float] = {}  # server id -> when its row was updated
         self._heard: set[uuid.UUID] = set()  # servers with heartbeats stored since the last prune
         self._key: signing.ActiveKey | None = None
@@ -264,17 +268,37 @@ class AgentHub:
         writes run in their own tasks (a cancelled caller never leaves them half done) and
         `_gone`, which always runs, waits for them before deciding about presence.
         """
+        # A slot until the rows the handshake updates are written (online), even if the
+        # agent goes away meanwhile: that is the work AGENT_HANDSHAKES_MAX bounds. Waiting
+        # for one costs an idle socket; past ADMIT_WAIT_S the agent is told to retry.
+        try:
+            await asyncio.wait_for(self._slots.acquire(), ADMIT_WAIT_S)
+        except TimeoutError:
+            await self._defer(transport)
+            return
+        held = [True]
+
+        def handshake_done(_: object = None) -> None:
+            if held:
+                held.clear()
+                self._slots.release()
+
         claim = _Claim()
         try:
             hello, auth = await asyncio.wait_for(
                 self._handshake(transport, claim), HANDSHAKE_TIMEOUT
             )
         except TimeoutError:
+            handshake_done()
             await self._refuse(transport, ProtocolError("AUT004"), claim)
             return
         except ProtocolError as exc:
+            handshake_done()
             await self._refuse(transport, exc, claim)
             return
+        except BaseException:
+            handshake_done()
+            raise
         session = AgentSession(
             server_id=uuid.UUID(hello["server_id"]),
             org_id=uuid.UUID(hello["org_id"]),
@@ -283,6 +307,7 @@ class AgentHub:
             transport=transport,
         )
         session.online = asyncio.create_task(self._come_online(session, hello, auth))
+        session.online.add_done_callback(handshake_done)
         writer: asyncio.Task[None] | None = None
         try:
             server = await asyncio.shield(session.online)
@@ -337,6 +362,30 @@ class AgentHub:
                         },
                     )
             self._spawn(self._gone(session))
+
+    async def _defer(self, transport: Transport) -> None:
+        """No handshake slot within ADMIT_WAIT_S: retry later (AUT006). Not a refusal of
+        the agent, so not audited; counted, and logged once per DEFER_LOG_S at most."""
+        self._deferred += 1
+        if self.metrics is not None:
+            self.metrics.handshakes_deferred.inc()
+        now = time.monotonic()
+        if now - self._deferred_logged >= DEFER_LOG_S:
+            log.warning(
+                "%d agent connection(s) told to retry later: no handshake slot within %g s "
+                "(SERVERFLOW_AGENT_HANDSHAKES_MAX=%d at once)",
+                self._deferred,
+                ADMIT_WAIT_S,
+                self.settings.agent_handshakes_max,
+                extra={"code": "AUT006"},
+            )
+            self._deferred, self._deferred_logged = 0, now
+        busy = ProtocolError("AUT006")
+        try:
+            await transport.send(protocol.error_frame(busy.code, busy.message).encode())
+            await transport.close(protocol.close_code(busy.code), busy.code)
+        except Exception:
+            log.debug("could not send the error frame", exc_info=True)
 
     async def _refuse(self, transport: Transport, exc: ProtocolError, claim: _Claim) -> None:
         log.warning(
