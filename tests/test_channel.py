@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from bench.simagent import SimAgent, register
 from serverflow_contract import protocol
 from serverflow_testkit import wait_for
+from serverflow_testkit.cluster import until
 from serverflow_testkit.controlplane import Deployment, bootstrap
 
 INTERVAL_MS = 400
@@ -640,14 +641,8 @@ async def _busy(dep: Deployment) -> None:
     assert not [e for e in audit["entries"] if "AUT006" in json.dumps(e)], audit
 
 
-async def _until(check: Any, what: str, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
-
-
 async def _until_online(dep: Deployment, server_id: str) -> None:
     async def online() -> bool:
         return bool(server_state(dep, server_id)["status"] == "online")
 
-    await _until(online, "online")
+    await until(online, "online", timeout=20)
