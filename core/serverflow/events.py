@@ -63,12 +63,16 @@ def events_to_json(events: list[LiveEvent]) -> bytes:
     return b'{"bundle":[' + b",".join(event_to_json(e) for e in events) + b"]}"
 
 
-def events_from_json(raw: bytes | str) -> list[LiveEvent]:
-    """The events of one message, an event or a bundle; ValueError for anything else."""
+def _loads(raw: bytes | str) -> Any:
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a serialised event: {exc}") from exc
+
+
+def events_from_json(raw: bytes | str) -> list[LiveEvent]:
+    """The events of one message, an event or a bundle; ValueError for anything else."""
+    body = _loads(raw)
     if isinstance(body, dict) and isinstance(body.get("bundle"), list):
         return [_event_from(item) for item in body["bundle"]]
     return [_event_from(body)]
@@ -76,11 +80,7 @@ def events_from_json(raw: bytes | str) -> list[LiveEvent]:
 
 def event_from_json(raw: bytes | str) -> LiveEvent:
     """The inverse of `event_to_json`; ValueError for anything else."""
-    try:
-        body = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not a serialised event: {exc}") from exc
-    return _event_from(body)
+    return _event_from(_loads(raw))
 
 
 def _event_from(body: Any) -> LiveEvent:

@@ -54,8 +54,8 @@ class Metrics:
         )
         self.handshakes_deferred = Counter(
             "serverflow_agent_handshakes_deferred",
-            "Agent connections told to retry later (AUT006): the instance was working on "
-            "SERVERFLOW_AGENT_HANDSHAKES_MAX handshakes already.",
+            "Agent connections told to retry later (AUT006): no handshake slot "
+            "(SERVERFLOW_AGENT_HANDSHAKES_MAX at once) freed within 3 s.",
             registry=self.registry,
         )
         self.relayed = Counter(
